@@ -1,0 +1,42 @@
+"""fxnas: a torch.fx graph compiler for differentiable NAS supernets.
+
+    gm  = fxnas.trace(model, example_inputs)        # NAS-aware torch.fx tracing
+    sgm = fxnas.simplify(gm_or_model, example_inputs=None, mode="exact")
+    fxnas.explain(sgm)                              # what was found and rewritten
+
+See README.md and DESIGN.md.
+"""
+
+from __future__ import annotations
+
+from .errors import (
+    DataDependentControlFlowError,
+    FrozenTensorError,
+    FxnasError,
+    NondeterministicTraceError,
+    PlainTensorAttributeWarning,
+    TraceError,
+    TracedValueGuardError,
+)
+from .explain import explain
+from .pipeline import PassFailedError, pipeline, simplify
+from .report import SimplifyReport
+from .tracing import trace
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "trace",
+    "simplify",
+    "explain",
+    "pipeline",
+    "SimplifyReport",
+    "FxnasError",
+    "TraceError",
+    "DataDependentControlFlowError",
+    "NondeterministicTraceError",
+    "FrozenTensorError",
+    "TracedValueGuardError",
+    "PlainTensorAttributeWarning",
+    "PassFailedError",
+]

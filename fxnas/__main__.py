@@ -1,0 +1,5 @@
+import sys
+
+from fxnas.cli import main
+
+sys.exit(main())

@@ -1,0 +1,54 @@
+"""Runtime functions that rewritten graphs call (``call_function`` targets).
+
+They are module-level functions so that generated code, ``deepcopy`` and
+``torch.save`` of a rewritten GraphModule can refer to them by name.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch.fx.node import has_side_effect
+
+from .errors import TracedValueGuardError
+
+__all__ = ["weighted_sum", "check_traced_value"]
+
+
+def weighted_sum(candidates: Sequence[torch.Tensor], weights: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The canonical mixed edge: ``Σ_m candidates[m] * weights[m]``, summed left to right.
+
+    Every weighted-sum spelling a supernet uses (Python ``sum`` over a generator,
+    ``torch.stack`` + ``torch.sum``, running sums, ``einsum``) is rewritten into
+    one call of this function, so later passes see a single node per edge whose
+    arguments are the candidate outputs and the scalar architecture weights.
+    The products and additions are those of the original sum; only the order
+    of the additions may differ (floating-point reordering).
+    """
+    if len(candidates) != len(weights) or not candidates:
+        raise ValueError(
+            f"weighted_sum needs as many weights as candidates (at least one), "
+            f"got {len(candidates)} candidates and {len(weights)} weights"
+        )
+    total = candidates[0] * weights[0]
+    for candidate, weight in zip(candidates[1:], weights[1:]):
+        total = total + candidate * weight
+    return total
+
+
+@has_side_effect
+def check_traced_value(actual: Any, expected: Any, description: str) -> None:
+    """Guard: raise if a value the trace depended on differs at run time.
+
+    The tracer resolves Python control flow on shapes (``if a.shape[2] ==
+    x.shape[2]``) with the example inputs and records one such guard per
+    decision, so a graph is never silently used with inputs that would have
+    taken the other branch.
+    """
+    if actual != expected:
+        raise TracedValueGuardError(
+            f"fxnas: the graph was traced with {description} == {expected!r}, "
+            f"but this input gives {actual!r}. Trace (or simplify) again with "
+            f"example inputs of this shape."
+        )

@@ -1,0 +1,189 @@
+"""Graph surgery helpers shared by the passes (and GraphModule construction).
+
+The ritual every pass follows: insert new nodes under
+``graph.inserting_before/after``, copy ``node.meta`` from the node being
+replaced, ``replace_all_uses_with``, then let :func:`cleanup` remove what
+became dead with an impurity check that keeps stateful and random nodes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import torch
+import torch.fx as fx
+
+from .graph_utils import is_side_effect_free
+
+__all__ = [
+    "build_graph_module",
+    "clone_graph_module",
+    "eliminate_dead_code",
+    "delete_unused_stateless_submodules",
+    "cleanup",
+    "copy_meta",
+]
+
+
+def _install(gm: torch.nn.Module, qualified_name: str, value: Any, kind: str, persistent: bool = True) -> None:
+    """Put ``value`` at ``qualified_name`` in ``gm``, creating empty container modules on the way."""
+    *prefix, field = qualified_name.split(".")
+    owner = gm
+    for atom in prefix:
+        child = owner._modules.get(atom)
+        if child is None:
+            child = torch.nn.Module()
+            owner.add_module(atom, child)
+        owner = child
+    if kind == "module":
+        owner.add_module(field, value)
+    elif kind == "parameter":
+        owner.register_parameter(field, value)
+    elif kind == "buffer":
+        owner.register_buffer(field, value, persistent=persistent)
+    else:  # a plain attribute (e.g. a plain-tensor architecture weight)
+        owner.__dict__[field] = value
+
+
+def _lookup(root: torch.nn.Module, qualified_name: str) -> tuple[Any, str]:
+    """The value at ``qualified_name`` in ``root`` and its kind (module/parameter/buffer/plain)."""
+    *prefix, field = qualified_name.split(".")
+    owner = root
+    for atom in prefix:
+        owner = getattr(owner, atom)
+    if isinstance(owner, torch.nn.Module):
+        if field in owner._modules:
+            return owner._modules[field], "module"
+        if field in owner._parameters:
+            return owner._parameters[field], "parameter"
+        if field in owner._buffers:
+            kind = "buffer" if field not in owner._non_persistent_buffers_set else "buffer-non-persistent"
+            return owner._buffers[field], kind
+    return getattr(owner, field), "plain"
+
+
+def build_graph_module(root: torch.nn.Module, graph: fx.Graph, class_name: str) -> fx.GraphModule:
+    """A GraphModule for ``graph`` whose state mirrors ``root`` exactly.
+
+    Unlike ``fx.GraphModule(root, graph)``, which copies only what the graph
+    references, every parameter and buffer of ``root`` is kept at its
+    original qualified name (the same objects, in the original order), so
+    ``state_dict()`` keys and ``named_parameters()`` are those of the user's
+    model even after passes stop calling some modules. Plain tensor
+    attributes read by ``get_attr`` nodes stay plain attributes (fx would turn
+    them into buffers, which ``.to()`` would then replace by copies).
+    """
+    gm = fx.GraphModule(torch.nn.Module(), fx.Graph(), class_name)
+    called = {n.target for n in graph.nodes if n.op == "call_module"}
+    for name, module in root.named_modules():
+        if not name:
+            _install_own_state(gm, "", module)
+            continue
+        if any(name == c or name.startswith(c + ".") for c in called):
+            if name in called:
+                _install(gm, name, module, "module")
+            continue
+        _install_own_state(gm, name, module)
+    for node in graph.nodes:
+        if node.op == "get_attr" and not _resolves(gm, node.target):
+            value, kind = _lookup(root, node.target)
+            _install(gm, node.target, value, kind.split("-")[0], persistent=not kind.endswith("non-persistent"))
+    gm.graph = graph
+    return gm
+
+
+def _install_own_state(gm: fx.GraphModule, prefix: str, module: torch.nn.Module) -> None:
+    for pname, param in module.named_parameters(recurse=False):
+        _install(gm, f"{prefix}.{pname}" if prefix else pname, param, "parameter")
+    for bname, buffer in module.named_buffers(recurse=False):
+        persistent = bname not in module._non_persistent_buffers_set
+        _install(gm, f"{prefix}.{bname}" if prefix else bname, buffer, "buffer", persistent=persistent)
+
+
+def _resolves(gm: torch.nn.Module, qualified_name: str) -> bool:
+    try:
+        _lookup(gm, qualified_name)
+        return True
+    except AttributeError:
+        return False
+
+
+def clone_graph_module(gm: fx.GraphModule) -> fx.GraphModule:
+    """A new GraphModule with a copy of ``gm``'s graph that shares all of ``gm``'s state."""
+    graph = fx.Graph()
+    output = graph.graph_copy(gm.graph, {})
+    graph.output(output)
+    clone = build_graph_module(gm, graph, type(gm).__name__)
+    clone.meta.update({k: (dict(v) if isinstance(v, dict) else v) for k, v in gm.meta.items()})
+    clone.train(gm.training)
+    for name, module in gm.named_modules():
+        if name:
+            try:
+                clone.get_submodule(name).training = module.training
+            except AttributeError:
+                pass
+    return clone
+
+
+def copy_meta(new: fx.Node, old: fx.Node) -> fx.Node:
+    """Give a replacement node the provenance of the node it stands for."""
+    for key in ("nn_module_stack", "stack_trace", "grad_enabled", "source_fn_stack"):
+        if key in old.meta and key not in new.meta:
+            new.meta[key] = old.meta[key]
+    return new
+
+
+def eliminate_dead_code(gm: fx.GraphModule) -> int:
+    """Remove unused nodes that have no side effects; returns how many were removed."""
+    before = len(gm.graph.nodes)
+    gm.graph.eliminate_dead_code(is_impure_node=lambda n: not is_side_effect_free(n, gm))
+    return before - len(gm.graph.nodes)
+
+
+def delete_unused_stateless_submodules(gm: fx.GraphModule) -> list[str]:
+    """Delete submodules the graph no longer calls *and* that own no parameters or buffers.
+
+    Modules with state stay registered even when no node calls them, so the
+    state dict keeps its keys (a merged convolution reads the original
+    candidates' kernels).
+    """
+    used: set[str] = set()
+    for node in gm.graph.nodes:
+        if node.op in ("call_module", "get_attr"):
+            parts = node.target.split(".")
+            used.update(".".join(parts[: i + 1]) for i in range(len(parts)))
+    removed = []
+    for name, module in list(gm.named_modules()):
+        if not name or name in used or any(name.startswith(u + ".") for u in used if u):
+            continue
+        if next(module.parameters(), None) is None and next(module.buffers(), None) is None:
+            if any(name.startswith(r + ".") for r in removed):
+                continue
+            *prefix, field = name.split(".")
+            owner = gm.get_submodule(".".join(prefix)) if prefix else gm
+            if field in owner._modules:
+                del owner._modules[field]
+                removed.append(name)
+    return removed
+
+
+def cleanup(gm: fx.GraphModule) -> None:
+    """Dead-code elimination, lint, removal of unused stateless modules, recompile."""
+    eliminate_dead_code(gm)
+    gm.graph.lint()
+    delete_unused_stateless_submodules(gm)
+    gm.recompile()
+
+
+def replace_node(old: fx.Node, new: fx.Node) -> None:
+    """Redirect every use of ``old`` to ``new`` (meta copied onto ``new``)."""
+    copy_meta(new, old)
+    old.replace_all_uses_with(new)
+
+
+def erase_nodes(graph: fx.Graph, nodes: Iterable[fx.Node]) -> None:
+    """Erase nodes that have no users, last first."""
+    order = {n: i for i, n in enumerate(graph.nodes)}
+    for node in sorted(nodes, key=order.__getitem__, reverse=True):
+        if not node.users:
+            graph.erase_node(node)

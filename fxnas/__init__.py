@@ -17,6 +17,7 @@ from .errors import (
     PlainTensorAttributeWarning,
     TraceError,
     TracedValueGuardError,
+    UnusedParametersWarning,
 )
 from .explain import explain
 from .pipeline import PassFailedError, pipeline, simplify
@@ -38,5 +39,6 @@ __all__ = [
     "FrozenTensorError",
     "TracedValueGuardError",
     "PlainTensorAttributeWarning",
+    "UnusedParametersWarning",
     "PassFailedError",
 ]

@@ -351,8 +351,13 @@ def _broadcast_weight_vector(node: Any, n: int) -> fx.Node | None:
     return None
 
 
-def _stack_pieces(node: Any) -> list[tuple[fx.Node | None, bool]] | None:
-    """Candidates of ``stack([c...])`` (or ``cat([stack(...), zeros])``), with their zero flags."""
+def _stack_pieces(node: Any, internal: set[fx.Node]) -> list[tuple[fx.Node | None, bool]] | None:
+    """Candidates of ``stack([c...])`` (or ``cat([stack(...), zeros])``), with their zero flags.
+
+    The stack and cat nodes traversed are added to ``internal``.
+    """
+    if isinstance(node, fx.Node) and (_is_call(node, _STACK_FUNCTIONS) or _is_call(node, _CAT_FUNCTIONS)):
+        internal.add(node)
     if _is_call(node, _STACK_FUNCTIONS):
         tensors = node.args[0]
         dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
@@ -366,7 +371,7 @@ def _stack_pieces(node: Any) -> list[tuple[fx.Node | None, bool]] | None:
             return None
         pieces: list[tuple[fx.Node | None, bool]] = []
         for piece in tensors:
-            inner = _stack_pieces(piece)
+            inner = _stack_pieces(piece, internal)
             if inner is not None:
                 pieces.extend(inner)
             elif is_zero_node(piece) and _shape(piece):
@@ -377,8 +382,8 @@ def _stack_pieces(node: Any) -> list[tuple[fx.Node | None, bool]] | None:
     return None
 
 
-def _stacked_terms(stacked: Any, weights: Any) -> list[Term] | None:
-    pieces = _stack_pieces(stacked)
+def _stacked_terms(stacked: Any, weights: Any, internal: set[fx.Node]) -> list[Term] | None:
+    pieces = _stack_pieces(stacked, internal)
     if not pieces:
         return None
     vector = _broadcast_weight_vector(weights, len(pieces))
@@ -414,10 +419,10 @@ def _recognise_stack_sum(node: fx.Node, used: set[fx.Node]) -> WeightedSum | Non
     if not _is_mul(product) or len(product.users) != 1:
         return None
     a, b = product.args
-    terms = _stacked_terms(a, b) or _stacked_terms(b, a)
+    internal = {node, product}
+    terms = _stacked_terms(a, b, internal) or _stacked_terms(b, a, internal)
     if terms is None:
         return None
-    internal = {node, product} | {n for n in product.all_input_nodes if len(n.users) == 1}
     return WeightedSum(root=node, form="stack_sum", terms=terms, internal=internal)
 
 
@@ -433,10 +438,10 @@ def _recognise_einsum(node: fx.Node, used: set[fx.Node]) -> WeightedSum | None:
     match = _EINSUM_RE.match(node.args[0])
     if match is None or match.group(2) != match.group(3) or match.group(1) in match.group(3):
         return None
-    terms = _stacked_terms(node.args[2], node.args[1])
+    internal = {node}
+    terms = _stacked_terms(node.args[2], node.args[1], internal)
     if terms is None:
         return None
-    internal = {node} | {n for n in node.all_input_nodes if len(n.users) == 1 and n is not terms[0].weight.vector}
     return WeightedSum(root=node, form="einsum", terms=terms, internal=internal)
 
 

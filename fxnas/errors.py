@@ -17,6 +17,7 @@ __all__ = [
     "FrozenTensorError",
     "TracedValueGuardError",
     "PlainTensorAttributeWarning",
+    "UnusedParametersWarning",
     "user_frame",
     "format_user_frame",
 ]
@@ -51,6 +52,10 @@ class TracedValueGuardError(FxnasError, RuntimeError):
 
 class PlainTensorAttributeWarning(UserWarning):
     """Tensors held as plain attributes (not Parameters or buffers) were kept live."""
+
+
+class UnusedParametersWarning(UserWarning):
+    """The traced graph does not use some of the model's parameters (a sampled sub-network?)."""
 
 
 def _is_internal(filename: str) -> bool:

@@ -166,8 +166,14 @@ def is_side_effect_free(node: fx.Node, root: nn.Module) -> bool:
             and not isinstance(module, (nn.Dropout,))
         )
     if node.op == "call_function":
-        return not node.is_impure()
+        return not (_is_assertion(node) or node.is_impure())
     return True
+
+
+def _is_assertion(node: fx.Node) -> bool:
+    """Run-time checks (fx's ``_assert_is_none``, ``torch._assert``, fxnas guards) are never dead code."""
+    name = getattr(node.target, "__name__", "")
+    return name.startswith("_assert") or name == "check_traced_value"
 
 
 def _is_torch_nn(module: nn.Module) -> bool:

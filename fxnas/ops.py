@@ -13,7 +13,7 @@ from torch.fx.node import has_side_effect
 
 from .errors import TracedValueGuardError
 
-__all__ = ["weighted_sum", "check_traced_value"]
+__all__ = ["weighted_sum", "check_traced_value", "enter_grad_mode", "exit_grad_mode"]
 
 
 def weighted_sum(candidates: Sequence[torch.Tensor], weights: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -52,3 +52,21 @@ def check_traced_value(actual: Any, expected: Any, description: str) -> None:
             f"but this input gives {actual!r}. Trace (or simplify) again with "
             f"example inputs of this shape."
         )
+
+
+@has_side_effect
+def enter_grad_mode(enabled: bool) -> bool:
+    """Switch autograd recording on or off (a ``with torch.no_grad():`` block); returns the previous mode.
+
+    The tracer records the grad-mode changes of the traced code, which plain
+    fx drops (a no_grad region would silently start recording gradients).
+    """
+    previous = torch.is_grad_enabled()
+    torch._C._set_grad_enabled(enabled)
+    return previous
+
+
+@has_side_effect
+def exit_grad_mode(previous: bool) -> None:
+    """Restore the grad mode that :func:`enter_grad_mode` returned."""
+    torch._C._set_grad_enabled(previous)

@@ -8,6 +8,7 @@ became dead with an impurity check that keeps stateful and random nodes.
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Iterable
 
 import torch
@@ -16,6 +17,7 @@ import torch.fx as fx
 from .graph_utils import is_side_effect_free
 
 __all__ = [
+    "FxnasGraphModule",
     "build_graph_module",
     "clone_graph_module",
     "eliminate_dead_code",
@@ -62,18 +64,48 @@ def _lookup(root: torch.nn.Module, qualified_name: str) -> tuple[Any, str]:
     return getattr(owner, field), "plain"
 
 
-def build_graph_module(root: torch.nn.Module, graph: fx.Graph, class_name: str) -> fx.GraphModule:
-    """A GraphModule for ``graph`` whose state mirrors ``root`` exactly.
+class FxnasGraphModule(fx.GraphModule):
+    """A GraphModule whose state mirrors the model it came from, through copies and pickling.
 
-    Unlike ``fx.GraphModule(root, graph)``, which copies only what the graph
-    references, every parameter and buffer of ``root`` is kept at its
-    original qualified name (the same objects, in the original order), so
-    ``state_dict()`` keys and ``named_parameters()`` are those of the user's
-    model even after passes stop calling some modules. Plain tensor
-    attributes read by ``get_attr`` nodes stay plain attributes (fx would turn
-    them into buffers, which ``.to()`` would then replace by copies).
+    ``fx.GraphModule`` keeps only what its graph references, also when it is
+    deep-copied or unpickled (it is rebuilt from its code). A simplified
+    supernet must keep every parameter and buffer of the user's model under
+    its original name (a merged convolution stops calling the candidate
+    modules whose kernels it reads), so both paths rebuild the module with
+    :func:`build_graph_module` from the full saved state.
     """
-    gm = fx.GraphModule(torch.nn.Module(), fx.Graph(), class_name)
+
+    def __deepcopy__(self, memo: dict) -> "FxnasGraphModule":
+        result = type(self).__new__(type(self))
+        memo[id(self)] = result
+        state = copy.deepcopy(self.__dict__, memo)
+        _initialise(result, _holder(state), state["_graph"], type(self).__name__)
+        result.meta = state.get("meta", {})
+        return result
+
+    def __reduce__(self):
+        rebuild, arguments = super().__reduce__()
+        return (_restore_graph_module, (rebuild, arguments, type(self).__name__))
+
+
+def _holder(state: dict) -> torch.nn.Module:
+    """A plain module whose attributes are ``state`` (a GraphModule's saved ``__dict__``)."""
+    holder = torch.nn.Module()
+    holder.__dict__.update({k: v for k, v in state.items() if k not in ("_graph", "_code")})
+    return holder
+
+
+def _restore_graph_module(rebuild: Any, arguments: tuple, class_name: str) -> "FxnasGraphModule":
+    """Unpickle: let fx re-trace the graph from the saved code, then restore every piece of state."""
+    plain = rebuild(*arguments)
+    state = arguments[0]
+    restored = build_graph_module(_holder(state), plain.graph, class_name)
+    restored.meta = state.get("meta", {})
+    return restored
+
+
+def _initialise(gm: fx.GraphModule, root: torch.nn.Module, graph: fx.Graph, class_name: str) -> None:
+    fx.GraphModule.__init__(gm, torch.nn.Module(), fx.Graph(), class_name)
     called = {n.target for n in graph.nodes if n.op == "call_module"}
     for name, module in root.named_modules():
         if not name:
@@ -89,6 +121,32 @@ def build_graph_module(root: torch.nn.Module, graph: fx.Graph, class_name: str) 
             value, kind = _lookup(root, node.target)
             _install(gm, node.target, value, kind.split("-")[0], persistent=not kind.endswith("non-persistent"))
     gm.graph = graph
+    _copy_training_flags(root, gm)
+
+
+def _copy_training_flags(source: torch.nn.Module, target: torch.nn.Module) -> None:
+    target.training = source.training
+    for name, module in source.named_modules():
+        if name:
+            try:
+                target.get_submodule(name).training = module.training
+            except AttributeError:
+                pass
+
+
+def build_graph_module(root: torch.nn.Module, graph: fx.Graph, class_name: str) -> fx.GraphModule:
+    """A GraphModule for ``graph`` whose state mirrors ``root`` exactly.
+
+    Unlike ``fx.GraphModule(root, graph)``, which copies only what the graph
+    references, every parameter and buffer of ``root`` is kept at its
+    original qualified name (the same objects, in the original order), so
+    ``state_dict()`` keys and ``named_parameters()`` are those of the user's
+    model even after passes stop calling some modules. Plain tensor
+    attributes read by ``get_attr`` nodes stay plain attributes (fx would turn
+    them into buffers, which ``.to()`` would then replace by copies).
+    """
+    gm = FxnasGraphModule.__new__(FxnasGraphModule)
+    _initialise(gm, root, graph, class_name)
     return gm
 
 
@@ -115,13 +173,6 @@ def clone_graph_module(gm: fx.GraphModule) -> fx.GraphModule:
     graph.output(output)
     clone = build_graph_module(gm, graph, type(gm).__name__)
     clone.meta.update({k: (dict(v) if isinstance(v, dict) else v) for k, v in gm.meta.items()})
-    clone.train(gm.training)
-    for name, module in gm.named_modules():
-        if name:
-            try:
-                clone.get_submodule(name).training = module.training
-            except AttributeError:
-                pass
     return clone
 
 

@@ -45,6 +45,7 @@ from .errors import (
     NondeterministicTraceError,
     PlainTensorAttributeWarning,
     TraceError,
+    UnusedParametersWarning,
     format_user_frame,
     user_frame,
 )
@@ -201,12 +202,16 @@ class NASTracer(fx.Tracer):
         self._placeholder_index = 0
         self._evaluator: FakeEvaluator | None = None
         self._input_dependent: set[fx.Node] = set()
+        self._grad_mode_stack: list[tuple[bool, fx.Node]] = []
+        self._graph_grad_mode = True
 
     # -- fx hooks ---------------------------------------------------------------
 
     def trace(self, root: Any, concrete_args: dict[str, Any] | None = None) -> fx.Graph:  # type: ignore[override]
         self._evaluator = FakeEvaluator(root)
         self._placeholder_index = 0
+        self._graph_grad_mode = torch.is_grad_enabled()
+        self._grad_mode_stack = []
         return super().trace(root, concrete_args)
 
     def is_leaf_module(self, m: torch.nn.Module, module_qualified_name: str) -> bool:
@@ -245,6 +250,11 @@ class NASTracer(fx.Tracer):
     ) -> fx.Proxy:
         if kind == "call_method" and target in _VALUE_METHODS:
             raise _data_dependent_error(f"`.{target}()` turns a tensor into a Python value")
+        if kind == "output":
+            while self._grad_mode_stack:
+                self._record_grad_mode(self._grad_mode_stack[-1][0])
+        elif kind in ("call_function", "call_method", "call_module"):
+            self._record_grad_mode(torch.is_grad_enabled())
         passthrough = _passthrough_tags((args, kwargs))
         proxy = super().create_proxy(kind, target, args, kwargs, name, type_expr, proxy_factory_fn)
         node = proxy.node
@@ -255,6 +265,25 @@ class NASTracer(fx.Tracer):
         if node.op == "placeholder" or any(n in self._input_dependent for n in node.all_input_nodes):
             self._input_dependent.add(node)
         return proxy
+
+    def _record_grad_mode(self, enabled: bool) -> None:
+        """Record a grad-mode change (``with torch.no_grad():``) as nodes of the graph.
+
+        Entering a mode records ``previous = enter_grad_mode(mode)``; coming back
+        to the mode below records ``exit_grad_mode(previous)``, so the graph
+        restores the caller's mode rather than assuming one.
+        """
+        if enabled == self._graph_grad_mode:
+            return
+        if self._grad_mode_stack and self._grad_mode_stack[-1][0] == enabled:
+            _, previous = self._grad_mode_stack.pop()
+            node = self.graph.create_node("call_function", ops.exit_grad_mode, (previous,), {})
+        else:
+            node = self.graph.create_node("call_function", ops.enter_grad_mode, (enabled,), {})
+            self._grad_mode_stack.append((self._graph_grad_mode, node))
+        node.meta["grad_enabled"] = enabled
+        node.meta[VALUE_KEY] = None
+        self._graph_grad_mode = enabled
 
     def create_arg(self, a: Any) -> Any:
         if isinstance(a, torch.Tensor) and not isinstance(a, torch.nn.Parameter):
@@ -392,6 +421,52 @@ def _defaults_beyond(model: torch.nn.Module, n_inputs: int) -> dict[str, Any]:
     return concrete
 
 
+def _warn_about_unused_parameters(model: torch.nn.Module, graph: fx.Graph) -> None:
+    """Warn when modules with parameters are never used by the traced graph.
+
+    A forward that runs a sub-network chosen in Python (ENAS reads a sampled
+    architecture from an attribute; SETN's "select" and "dynamic" modes)
+    leaves the other candidates out of the graph: the trace is that one
+    sub-network. fxnas cannot see such a choice, but it can see its effect.
+    """
+    used: set[str] = set()
+    for node in graph.nodes:
+        if node.op in ("call_module", "get_attr"):
+            used.add(node.target)
+    unused = [
+        name for name, module in model.named_modules()
+        if name and next(module.parameters(recurse=False), None) is not None
+        and not any(name == u or name.startswith(u + ".") or u.startswith(name + ".") for u in used)
+    ]
+    if unused:
+        shown = ", ".join(unused[:5]) + (f" and {len(unused) - 5} more" if len(unused) > 5 else "")
+        warnings.warn(
+            f"fxnas.trace: {len(unused)} modules with parameters are not used by the traced graph "
+            f"({shown}). If forward picks a sub-network in Python (a sampled architecture, an "
+            "argmax), the graph holds only that sub-network: trace the dense form instead.",
+            UnusedParametersWarning,
+            stacklevel=3,
+        )
+
+
+def _drop_defaulted_placeholders(graph: fx.Graph, n_inputs: int) -> None:
+    """Remove the inputs that the trace specialised to their default values.
+
+    fx keeps a placeholder (and an ``_assert_is_none`` check) for each
+    argument given as a concrete value. The graph was specialised to the
+    default, so the argument is removed from the signature instead: passing
+    it is a clear TypeError, never silently ignored. (fx also fails to reload
+    a pickled graph that calls ``_assert_is_none``.)
+    """
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    for node in placeholders[n_inputs:]:
+        for user in list(node.users):
+            if getattr(user.target, "__name__", "") == "_assert_is_none" and not user.users:
+                graph.erase_node(user)
+        if not node.users:
+            graph.erase_node(node)
+
+
 def is_fxnas_traced(gm: torch.nn.Module) -> bool:
     """Whether ``gm`` is a GraphModule produced by :func:`trace` (or by fxnas passes)."""
     return isinstance(gm, fx.GraphModule) and FXNAS_META_KEY in getattr(gm, "meta", {})
@@ -424,6 +499,7 @@ def trace(
     tracer = NASTracer(inputs, leaf_modules)
     with _plain_tensors_as_buffers(model) as plain_tensors, _forbid_python_random():
         graph = tracer.trace(model, concrete_args)
+    _drop_defaulted_placeholders(graph, len(inputs))
     # Built after the plain tensors are plain attributes again, so they stay plain in the GraphModule.
     gm = build_graph_module(model, graph, model.__class__.__name__)
     read = {n.target for n in graph.nodes if n.op == "get_attr"}
@@ -436,6 +512,7 @@ def trace(
             PlainTensorAttributeWarning,
             stacklevel=2,
         )
+    _warn_about_unused_parameters(model, graph)
     gm.meta[FXNAS_META_KEY] = {
         "example_inputs": [describe_value(tracer._evaluator.fake(x)) for x in inputs],  # type: ignore[union-attr]
         "plain_tensor_attributes": kept_plain,

@@ -25,9 +25,9 @@ import torch.fx as fx
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx._symbolic_trace import _orig_module_call, _orig_module_getattr
 from torch.fx.node import map_aggregate, map_arg
-from torch.fx.passes.shape_prop import TensorMetadata, _extract_tensor_metadata
 
 __all__ = [
+    "TensorMetadata",
     "UnknownValue",
     "FakeEvaluator",
     "describe_value",
@@ -37,6 +37,25 @@ __all__ = [
 ]
 
 VALUE_KEY = "fxnas_value"
+
+
+@dataclass(frozen=True)
+class TensorMetadata:
+    """Shape, dtype, strides and ``requires_grad`` of a tensor value (no data).
+
+    Plain values only, so it survives ``deepcopy`` and ``torch.save`` (fx's own
+    TensorMetadata holds a memory format that pickle protocol 2 cannot save).
+    """
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    stride: tuple[int, ...]
+    requires_grad: bool
+
+    @classmethod
+    def of(cls, tensor: torch.Tensor) -> "TensorMetadata":
+        return cls(tuple(int(s) for s in tensor.shape), tensor.dtype, tuple(int(s) for s in tensor.stride()),
+                   bool(tensor.requires_grad))
 
 
 @dataclass(frozen=True)
@@ -152,7 +171,7 @@ def describe_value(value: Any) -> Any:
 
     def describe(item: Any) -> Any:
         if isinstance(item, torch.Tensor):
-            return _extract_tensor_metadata(item)
+            return TensorMetadata.of(item)
         if isinstance(item, (torch.nn.Module,)):
             return UnknownValue("module")
         return item

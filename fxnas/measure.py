@@ -1,0 +1,117 @@
+"""Measuring a training step: bytes saved for backward, FLOPs, and time.
+
+Deterministic figures (bytes autograd saves for backward, FLOPs) are better
+evidence than seconds on a noisy machine; times are compared as ratios of
+medians of interleaved runs measured in one process.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import torch
+
+__all__ = [
+    "saved_tensor_bytes",
+    "training_step_flops",
+    "interleaved_times",
+    "TimingResult",
+    "loss_of",
+    "peak_rss_bytes",
+]
+
+
+def loss_of(output: Any) -> torch.Tensor:
+    """A scalar to backpropagate from a model output (tensor, or tuple/list/dict of tensors)."""
+    if isinstance(output, torch.Tensor):
+        return output.float().pow(2).mean() if output.is_floating_point() else output.sum() * 0
+    if isinstance(output, dict):
+        output = list(output.values())
+    if isinstance(output, (tuple, list)):
+        parts = [loss_of(o) for o in output if isinstance(o, (torch.Tensor, tuple, list, dict))]
+        return sum(parts[1:], parts[0])
+    raise TypeError(f"cannot make a loss from {type(output).__name__}")
+
+
+def saved_tensor_bytes(module: torch.nn.Module, inputs: tuple) -> int:
+    """Bytes of the distinct storages autograd saves for backward in one forward pass.
+
+    Every tensor packed by autograd is recorded through
+    ``torch.autograd.graph.saved_tensors_hooks``; a storage saved by several
+    operations (a ReLU output read by six convolutions) counts once.
+    Parameters saved by their operations are included, for every variant alike.
+    """
+    storages: dict[tuple, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        storages[(storage.data_ptr(), tensor.device.type, tensor.device.index)] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        output = module(*inputs)
+    del output
+    return sum(storages.values())
+
+
+def training_step_flops(module: torch.nn.Module, inputs: tuple) -> int:
+    """FLOPs of one forward + backward pass (``torch.utils.flop_counter``)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        loss_of(module(*inputs)).backward()
+    module.zero_grad(set_to_none=True)
+    return int(counter.get_total_flops())
+
+
+@dataclass
+class TimingResult:
+    """Median and spread of repeated timings of one variant (seconds)."""
+
+    name: str
+    times: list[float]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times)
+
+    @property
+    def spread(self) -> float:
+        return (max(self.times) - min(self.times)) if self.times else 0.0
+
+
+def interleaved_times(
+    steps: Mapping[str, Callable[[], Any]], repeats: int = 5, warmup: int = 1
+) -> dict[str, TimingResult]:
+    """Time each callable ``repeats`` times, interleaving the variants (A B C A B C ...).
+
+    Interleaving spreads slow phases of a noisy machine over all variants, so
+    ratios of medians are fair.
+    """
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    results = {name: TimingResult(name, []) for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            step()
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            results[name].times.append(time.perf_counter() - start)
+    return results
+
+
+def peak_rss_bytes() -> int:
+    """The process's peak resident set size so far (bytes; Linux reports KiB)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)

@@ -68,6 +68,9 @@ class UnknownValue:
         return f"UnknownValue({self.reason})"
 
 
+_SHAPE_PRESERVING_NORMS = (torch.nn.modules.batchnorm._BatchNorm, torch.nn.modules.instancenorm._InstanceNorm)
+
+
 @contextlib.contextmanager
 def _unpatched_module_calls():
     """Undo, for a moment, fx's patching of ``nn.Module.__call__``/``__getattr__``.
@@ -151,6 +154,11 @@ class FakeEvaluator:
                 return getattr(self_arg, target)(*rest, **kwargs)
         if op == "call_module":
             module = self.root.get_submodule(target)
+            if isinstance(module, _SHAPE_PRESERVING_NORMS) and len(args) == 1 and isinstance(args[0], torch.Tensor):
+                # Same shape and dtype as the input; evaluating it would need the Python
+                # value of num_batches_tracked when momentum is None.
+                with self.mode:
+                    return torch.empty_like(args[0])
             state = {
                 name: self.fake(tensor)
                 for name, tensor in list(module.named_parameters()) + list(module.named_buffers())

@@ -67,10 +67,15 @@ class WeightRef:
     vector: fx.Node | None = None
     index: int | None = None
 
+    @property
+    def applied(self) -> bool:
+        """True for a term whose weights are applied inside (a merged group of candidates)."""
+        return self.node is None and self.vector is None
+
     def describe(self) -> str:
         if self.node is not None:
             return self.node.name
-        return f"{self.vector.name}[{self.index}]" if self.vector is not None else "?"
+        return f"{self.vector.name}[{self.index}]" if self.vector is not None else "applied inside"
 
 
 @dataclass
@@ -276,7 +281,8 @@ def _recognise_canonical(node: fx.Node, used: set[fx.Node]) -> WeightedSum | Non
     candidates, weights = node.args
     modules = node.meta.get("fxnas_candidate_modules") or [None] * len(candidates)
     terms = [
-        Term(candidate=c, weight=WeightRef(node=w), zero=is_zero_node(c), group_key="canonical", module=name)
+        Term(candidate=c, weight=WeightRef(node=w), zero=w is not None and is_zero_node(c),
+             group_key="canonical", module=name)
         for c, w, name in zip(candidates, weights, modules)
     ]
     return WeightedSum(root=node, form="canonical", terms=terms)
@@ -470,7 +476,30 @@ def find_weighted_sums(graph: fx.Graph) -> list[WeightedSum]:
 # --------------------------------------------------------------- candidate paths
 
 
-def _private_path(candidate: fx.Node, owners: set[fx.Node], dependent: set[fx.Node]) -> tuple[list[fx.Node], list[fx.Node]]:
+def _is_scalar_valued(node: fx.Node) -> bool:
+    """Scalars (and lists of scalars) are architecture weights, never feature maps."""
+    value = node.meta.get(VALUE_KEY)
+    items = value if isinstance(value, (list, tuple)) else [value]
+    metas = [tensor_meta_of(v) for v in items]
+    return bool(items) and all(m is not None and _numel(m) == 1 for m in metas)
+
+
+def tensor_meta_of(value: Any):
+    return value if hasattr(value, "shape") and hasattr(value, "dtype") else None
+
+
+def _feature_inputs(node: fx.Node, dependent: set[fx.Node]) -> list[fx.Node]:
+    """The data inputs of ``node`` that are feature maps (weights given as inputs are not)."""
+    return [n for n in data_inputs(node, dependent) if not _is_scalar_valued(n)]
+
+
+def _private_path(
+    candidate: fx.Node,
+    owners: set[fx.Node],
+    dependent: set[fx.Node],
+    weights: set[fx.Node],
+    order: dict[fx.Node, int],
+) -> tuple[list[fx.Node], list[fx.Node]]:
     """Nodes that compute ``candidate`` and are used by nothing else, and the nodes they read.
 
     A node belongs to the path when every one of its users is in the path (or
@@ -479,20 +508,19 @@ def _private_path(candidate: fx.Node, owners: set[fx.Node], dependent: set[fx.No
     if candidate.op == "placeholder" or any(u not in owners for u in candidate.users):
         return [], [candidate]
     path = {candidate}
-    work = list(data_inputs(candidate, dependent))
+    work = [n for n in _feature_inputs(candidate, dependent) if n not in weights]
     while work:
         node = work.pop()
         if node in path or node.op == "placeholder":
             continue
         if all(u in path for u in node.users):
             path.add(node)
-            work.extend(data_inputs(node, dependent))
+            work.extend(n for n in _feature_inputs(node, dependent) if n not in weights)
     frontier: list[fx.Node] = []
     for node in path:
-        for arg in data_inputs(node, dependent):
-            if arg not in path and arg not in frontier:
+        for arg in _feature_inputs(node, dependent):
+            if arg not in path and arg not in frontier and arg not in weights:
                 frontier.append(arg)
-    order = {n: i for i, n in enumerate(candidate.graph.nodes)}
     return sorted(path, key=order.__getitem__), sorted(frontier, key=order.__getitem__)
 
 
@@ -500,7 +528,7 @@ def _unary_chain(node: fx.Node, dependent: set[fx.Node], limit: int = 64) -> lis
     """``node`` and its ancestors while each has exactly one data input."""
     chain = [node]
     for _ in range(limit):
-        inputs = data_inputs(chain[-1], dependent)
+        inputs = _feature_inputs(chain[-1], dependent)
         if len(inputs) != 1 or chain[-1].op == "placeholder":
             break
         chain.append(inputs[0])
@@ -562,8 +590,11 @@ def _group_terms(match: WeightedSum) -> list[list[Term]]:
     return list(groups.values())
 
 
-def _build_edge(match: WeightedSum, terms: list[Term], dependent: set[fx.Node], index: int) -> MixedEdge | None:
+def _build_edge(
+    match: WeightedSum, terms: list[Term], dependent: set[fx.Node], order: dict[fx.Node, int]
+) -> MixedEdge | None:
     owners = set(match.internal) | {match.root}
+    weight_nodes = {t.weight.node for t in match.terms if t.weight.node is not None}
     candidates: list[Candidate] = []
     frontiers: list[fx.Node] = []
     for m, term in enumerate(terms):
@@ -572,16 +603,18 @@ def _build_edge(match: WeightedSum, terms: list[Term], dependent: set[fx.Node], 
             continue
         if term.candidate not in dependent:
             return None  # a constant "candidate" is not computed from an edge input
-        path, frontier = _private_path(term.candidate, owners, dependent)
+        path, frontier = _private_path(term.candidate, owners, dependent, weight_nodes, order)
         candidates.append(Candidate(m, term.candidate, term.weight, path, frontier, term.zero, None))
         frontiers.extend(f for f in frontier if f not in frontiers)
     found = _edge_input(frontiers, dependent)
     if found is None:
         return None
     edge_input, shared = found
-    order = {n: i for i, n in enumerate(match.root.graph.nodes)}
     for candidate, term in zip(candidates, terms):
-        candidate.module = term.module or _candidate_module(candidate.path, match.root)
+        # Module names are taken relative to where the product w·c was written (inside a
+        # DARTS MixedOp), not to where the whole sum ends (the cell's node sum).
+        outer = term.product if term.product is not None else match.root
+        candidate.module = term.module or _candidate_module(candidate.path, outer)
         chain = set(candidate.path)
         for start in candidate.frontier:
             for node in _unary_chain(start, dependent):
@@ -589,13 +622,17 @@ def _build_edge(match: WeightedSum, terms: list[Term], dependent: set[fx.Node], 
                     break
                 chain.add(node)
         candidate.chain = sorted(chain, key=order.__getitem__)
-    first = terms[0].weight
-    if first.vector is not None:
+    first = next((t.weight for t in terms if not t.weight.applied), None)
+    if first is None:
+        source = None
+    elif first.vector is not None:
         source = first.vector
     else:
         key = _weight_group_key(first.node)
         source = key[0] if isinstance(key[0], fx.Node) and key[1] != "own" else first.node
-    name = _common_module_prefix([c.module for c in candidates], fallback=f"{match.root.name}")
+    name = match.root.meta.get("fxnas_edge_name") or _common_module_prefix(
+        [c.module for c in candidates], fallback=f"{match.root.name}"
+    )
     return MixedEdge(name=name, input=edge_input, candidates=candidates, weighted_sum=match,
                      form=match.form, weight_source=source, shared=shared)
 
@@ -609,12 +646,13 @@ def find_mixed_edges(gm: fx.GraphModule) -> list[MixedEdge]:
     (canonical sums: at least one), scalar weights, and one edge input.
     """
     dependent = input_dependent_nodes(gm.graph)
+    order = {n: i for i, n in enumerate(gm.graph.nodes)}
     edges: list[MixedEdge] = []
     for match in find_weighted_sums(gm.graph):
         for terms in _group_terms(match):
             if len(terms) < (1 if match.form == "canonical" else 2):
                 continue
-            edge = _build_edge(match, terms, dependent, len(edges))
+            edge = _build_edge(match, terms, dependent, order)
             if edge is not None:
                 edges.append(edge)
     _disambiguate_names(edges)

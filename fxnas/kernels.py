@@ -432,13 +432,43 @@ def add_avg_pool_border_correction(
     """``out + scale * avg_pool_border_correction(x, ...)``, touching only the border.
 
     This is how `MergedConv` turns ``conv(x, 1/prod(k))`` into an exact
-    count_include_pad=False pool without a second full-size pass.
+    count_include_pad=False pool without a second full-size pass. For autograd
+    the correction is recomputed in backward from ``x`` (which the convolution
+    saves anyway) instead of saving its border slabs: it is cheap, and the
+    merged operator then saves nothing beyond what the convolution saves.
     """
     axes = _pool_axes(x, kernel_size, stride, padding)
     expected = tuple(x.shape[:2]) + tuple(a.n_out for a in axes)
     if tuple(out.shape) != expected:
         raise ValueError(f"out has shape {tuple(out.shape)}, the pool produces {expected}")
-    return _add_correction_recursive(out, x, axes, scale, 0, [])
+    if not isinstance(scale, torch.Tensor):
+        scale = torch.tensor(float(scale), dtype=out.dtype, device=out.device)
+    return _BorderCorrection.apply(out, x, scale, tuple(axes))
+
+
+class _BorderCorrection(torch.autograd.Function):
+    """``out + scale · correction(x)`` whose backward recomputes the (border-only) correction."""
+
+    @staticmethod
+    def forward(ctx, out, x, scale, axes):  # type: ignore[override]
+        ctx.axes = axes
+        ctx.save_for_backward(x, scale)
+        return _add_correction_recursive(out, x, axes, scale, 0, [])
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        x, scale = ctx.saved_tensors
+        grad_x = grad_scale = None
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            with torch.enable_grad():
+                leaf = x.detach().requires_grad_(ctx.needs_input_grad[1])
+                zeros = grad.new_zeros(grad.shape)
+                correction = _add_correction_recursive(zeros, leaf, ctx.axes, 1.0, 0, [])
+            if ctx.needs_input_grad[1]:
+                (grad_x,) = torch.autograd.grad(correction, leaf, grad * scale)
+            if ctx.needs_input_grad[2]:
+                grad_scale = (correction.detach() * grad).sum().reshape(scale.shape).to(scale.dtype)
+        return grad, grad_x, grad_scale, None
 
 
 def avg_pool_border_correction(

@@ -36,19 +36,25 @@ def loss_of(output: Any) -> torch.Tensor:
     raise TypeError(f"cannot make a loss from {type(output).__name__}")
 
 
-def saved_tensor_bytes(module: torch.nn.Module, inputs: tuple) -> int:
+def saved_tensor_bytes(module: torch.nn.Module, inputs: tuple, include_state: bool = False) -> int:
     """Bytes of the distinct storages autograd saves for backward in one forward pass.
 
     Every tensor packed by autograd is recorded through
     ``torch.autograd.graph.saved_tensors_hooks``; a storage saved by several
-    operations (a ReLU output read by six convolutions) counts once.
-    Parameters saved by their operations are included, for every variant alike.
+    operations (a ReLU output read by six convolutions) counts once. The
+    module's own parameters and buffers (kernels, index maps) live anyway and
+    are left out unless ``include_state``: what remains is activation memory,
+    which grows with the batch.
     """
     storages: dict[tuple, int] = {}
+    state = set()
+    if not include_state:
+        state = {t.untyped_storage().data_ptr() for t in list(module.parameters()) + list(module.buffers())}
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
         storage = tensor.untyped_storage()
-        storages[(storage.data_ptr(), tensor.device.type, tensor.device.index)] = storage.nbytes()
+        if storage.data_ptr() not in state:
+            storages[(storage.data_ptr(), tensor.device.type, tensor.device.index)] = storage.nbytes()
         return tensor
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):

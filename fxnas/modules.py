@@ -12,6 +12,8 @@ Parameter objects with the user's model and its state_dict keys do not change.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from typing import Optional, Sequence, Union
 
 import torch
@@ -19,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fxnas.kernels import (
+    fold_batchnorm,
     LinearCandidate,
     as_weight_vector,
     add_avg_pool_border_correction,
@@ -27,7 +30,15 @@ from fxnas.kernels import (
     plan_merge,
 )
 
-__all__ = ["MergedConv", "candidate_from_module"]
+__all__ = [
+    "MergedConv",
+    "candidate_from_module",
+    "ModuleReferences",
+    "FoldedConvBN",
+    "MergedCandidates",
+    "WeightedBatchNorm",
+    "weighted_batch_norm",
+]
 
 _CONV_FUNCTIONS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _CONV_TYPES = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}
@@ -114,6 +125,21 @@ class MergedConv(nn.Module):
         self.plan = plan_merge(candidates, normalize=normalize_kernels, eps=eps)
         self.register_buffer("merge_index", self.plan.index.clone(), persistent=False)
 
+    def normalized(self, drop_bias: bool, eps: float = 1e-5) -> "MergedConv":
+        """This merge with kernels normalised per output channel (and, optionally, no biases).
+
+        Reuses the index maps when no candidate has a constant kernel (whose
+        value normalisation changes); otherwise plans again.
+        """
+        candidates = [dataclasses.replace(c, has_bias=False) if drop_bias else c for c in self.plan.candidates]
+        if any(v is not None for v in self.plan.constant_values):
+            return MergedConv(candidates, normalize_kernels=True, eps=eps)
+        result = MergedConv.__new__(MergedConv)
+        nn.Module.__init__(result)
+        result.plan = dataclasses.replace(self.plan, candidates=tuple(candidates), normalize=True, eps=eps)
+        result.register_buffer("merge_index", self.merge_index, persistent=False)
+        return result
+
     @property
     def candidates(self) -> tuple[LinearCandidate, ...]:
         return self.plan.candidates
@@ -156,3 +182,233 @@ class MergedConv(nn.Module):
         if self.plan.normalize:
             text += f", normalize_kernels=True, eps={self.plan.eps:g}"
         return text
+
+
+# ---------------------------------------------------------------------------------------
+# Modules the passes insert into rewritten graphs
+# ---------------------------------------------------------------------------------------
+
+
+class ModuleReferences:
+    """Modules a runtime module computes with but does not own.
+
+    The referenced modules stay registered where they are in the user's model
+    (so ``state_dict`` keys, ``.to()`` and optimizers are unaffected); holding
+    them in a plain object keeps ``nn.Module`` from registering them twice.
+    ``deepcopy`` and pickling keep the references pointing at the copies of
+    the very same modules.
+    """
+
+    def __init__(self, *modules: nn.Module) -> None:
+        self.modules = tuple(modules)
+
+    def __getitem__(self, index: int) -> nn.Module:
+        return self.modules[index]
+
+    def __len__(self) -> int:
+        return len(self.modules)
+
+
+def _linear_forward(module: nn.Module, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]):
+    if isinstance(module, nn.Linear):
+        return F.linear(x, weight, bias)
+    return module._conv_forward(x, weight, bias)
+
+
+class FoldedConvBN(nn.Module):
+    """``bn(conv(x))``: exactly that in training, one convolution in eval mode.
+
+    Identity (eval mode, BatchNorm with running statistics)::
+
+        bn(conv(x; K, b)) = conv(x; K·s, (b - μ)·s + β),   s = γ / sqrt(σ² + ε)
+
+    The fold is recomputed from the live parameters and running statistics at
+    every eval call (never a stale copy), and the mode is the BatchNorm's own:
+    while it is in training mode this module runs ``bn(conv(x))`` unchanged,
+    batch statistics and running-statistics updates included.
+    """
+
+    def __init__(self, conv: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> None:
+        super().__init__()
+        if not bn.track_running_stats:
+            raise ValueError(f"{bn} keeps no running statistics: it is not affine in eval mode")
+        self.refs = ModuleReferences(conv, bn)
+        # The folded operator always has a bias, (b - μ)·s + β, also when the conv has none.
+        self.candidate = dataclasses.replace(candidate_from_module(conv), has_bias=True)
+
+    @property
+    def conv(self) -> nn.Module:
+        return self.refs[0]
+
+    @property
+    def bn(self) -> nn.modules.batchnorm._BatchNorm:
+        return self.refs[1]
+
+    @property
+    def uses_batch_statistics(self) -> bool:
+        return self.bn.training
+
+    def folded(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The eval-mode kernel and bias of ``bn ∘ conv``."""
+        conv, bn = self.conv, self.bn
+        return fold_batchnorm(conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.uses_batch_statistics:
+            return self.bn(self.conv(x))
+        kernel, bias = self.folded()
+        return _linear_forward(self.conv, x, kernel, bias)
+
+    def weighted(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """``weight · self(x)``; in training with the weight folded into the batch norm (saves less)."""
+        if self.uses_batch_statistics:
+            return weighted_batch_norm(self.bn, self.conv(x), weight)
+        return self(x) * weight
+
+    def extra_repr(self) -> str:
+        return f"{self.candidate.describe()} + {type(self.bn).__name__} folded in eval mode"
+
+
+class MergedCandidates(nn.Module):
+    """``Σ_m w_m · ℓ_m(h)`` for linear candidates of one mixed edge, as one convolution.
+
+    ``ℓ_m`` is an identity, an average pooling, a convolution / Linear (its
+    kernel is read from the original module at every call), or a
+    :class:`FoldedConvBN`, which is linear only while its BatchNorm is in eval
+    mode. While any such BatchNorm uses batch statistics (training), those
+    candidates run unmerged, exactly as in the original graph, and the always
+    linear ones stay merged; otherwise everything is one convolution
+    (:class:`MergedConv`).
+
+    forward(h, weights): ``weights`` holds the M scalar architecture weights.
+    """
+
+    def __init__(
+        self,
+        candidates: Sequence[LinearCandidate],
+        sources: Sequence[Optional[nn.Module]],
+        names: Sequence[str] = (),
+        normalize_kernels: bool = False,
+        eps: float = 1e-5,
+        floated: bool = False,
+    ) -> None:
+        super().__init__()
+        if len(candidates) != len(sources):
+            raise ValueError("one source module (or None) per candidate")
+        self.names = tuple(names)
+        self.floated = floated  # built by float_shared: a (topo-mode) group whose normalisation was floated out
+        self.sources = ModuleReferences(*sources)  # None for identity / pooling candidates
+        self.has_source = tuple(s is not None for s in sources)
+        self.merged = MergedConv(candidates, normalize_kernels=normalize_kernels, eps=eps)
+        self.batch_dependent = tuple(isinstance(s, FoldedConvBN) for s in sources)
+        always = [m for m, dependent in enumerate(self.batch_dependent) if not dependent]
+        self.always_linear = tuple(always)
+        self.linear_part = (
+            MergedConv([candidates[m] for m in always], normalize_kernels=normalize_kernels, eps=eps)
+            if always and len(always) < len(candidates) else None
+        )
+
+    def with_kernel_normalization(self, drop_bias: bool, eps: float = 1e-5) -> "MergedCandidates":
+        """The same group with every kernel normalised per output channel (kernel_norm), biases dropped."""
+        result = copy.copy(self)  # shares the references; only the merged convolutions change
+        result._modules = dict(self._modules)
+        result.merged = self.merged.normalized(drop_bias, eps)
+        if self.linear_part is not None:
+            result.linear_part = self.linear_part.normalized(drop_bias, eps)
+        return result
+
+    def _kernel_and_bias(self, m: int) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+        if not self.has_source[m]:
+            return None, None
+        source = self.sources[m]
+        if isinstance(source, FoldedConvBN):
+            return source.folded()
+        return source.weight, source.bias
+
+    def _merged(self, conv: MergedConv, h: torch.Tensor, indices: Sequence[int], weights) -> torch.Tensor:
+        pairs = [self._kernel_and_bias(m) for m in indices]
+        biases = [b for _, b in pairs] if conv.plan.has_bias else None
+        return conv(h, [weights[m] for m in indices], [k for k, _ in pairs], biases)
+
+    def forward(self, h: torch.Tensor, weights: Sequence[torch.Tensor]) -> torch.Tensor:
+        batch_statistics = any(
+            dependent and self.sources[m].uses_batch_statistics for m, dependent in enumerate(self.batch_dependent)
+        )
+        if not batch_statistics:
+            return self._merged(self.merged, h, range(len(self.has_source)), weights)
+        total = None
+        if self.always_linear:
+            conv = self.linear_part if self.linear_part is not None else self.merged
+            total = self._merged(conv, h, self.always_linear, weights)
+        for m, dependent in enumerate(self.batch_dependent):
+            if dependent:
+                term = self.sources[m].weighted(h, weights[m])
+                total = term if total is None else total + term
+        return total
+
+    def extra_repr(self) -> str:
+        return self.merged.extra_repr()
+
+
+def weighted_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``weight · bn(x)`` as one batch-norm call whose affine transform is scaled by ``weight``.
+
+    Identity (exact; ``x̂`` the normalised input)::
+
+        w · (γ · x̂ + β) = (w·γ) · x̂ + (w·β)
+
+    Same statistics, same running-statistics update (this follows
+    ``nn.modules.batchnorm._BatchNorm.forward`` step by step), same result up
+    to rounding. What changes is what autograd saves: the product ``w · bn(x)``
+    keeps ``bn(x)`` alive for the gradient of ``w``, while batch norm's own
+    backward computes the gradient of its weight from the input it saves
+    anyway, so a candidate ending in a BatchNorm saves one activation less.
+    """
+    bn._check_input_dim(x)
+    factor = 0.0 if bn.momentum is None else bn.momentum
+    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+    use_batch_statistics = bn.training or (bn.running_mean is None and bn.running_var is None)
+    channels = x.shape[1]
+    scale = weight.reshape(()).expand(channels)
+    gamma = scale if bn.weight is None else scale * bn.weight
+    beta = None if bn.bias is None else scale * bn.bias
+    track = not bn.training or bn.track_running_stats
+    return F.batch_norm(
+        x,
+        bn.running_mean if track else None,
+        bn.running_var if track else None,
+        gamma,
+        beta,
+        use_batch_statistics,
+        factor,
+        bn.eps,
+    )
+
+
+class WeightedBatchNorm(nn.Module):
+    """``w · bn(x)`` for a candidate ending in a BatchNorm: see :func:`weighted_batch_norm`.
+
+    ``source`` is the BatchNorm, or a :class:`FoldedConvBN` (then ``x`` is the
+    conv's input and eval mode uses the folded convolution).
+    """
+
+    def __init__(self, source: nn.Module) -> None:
+        super().__init__()
+        if not isinstance(source, (nn.modules.batchnorm._BatchNorm, FoldedConvBN)):
+            raise TypeError(f"expected a BatchNorm or FoldedConvBN, got {type(source).__name__}")
+        self.refs = ModuleReferences(source)
+
+    @property
+    def source(self) -> nn.Module:
+        return self.refs[0]
+
+    def forward(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        source = self.source
+        if isinstance(source, FoldedConvBN):
+            return source.weighted(x, weight)
+        return weighted_batch_norm(source, x, weight)
+
+    def extra_repr(self) -> str:
+        return f"w * {self.source}"

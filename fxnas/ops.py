@@ -13,11 +13,21 @@ from torch.fx.node import has_side_effect
 
 from .errors import TracedValueGuardError
 
-__all__ = ["weighted_sum", "check_traced_value", "enter_grad_mode", "exit_grad_mode"]
+__all__ = [
+    "weighted_sum",
+    "check_traced_value",
+    "enter_grad_mode",
+    "exit_grad_mode",
+    "weight_total",
+    "relative_weights",
+]
 
 
-def weighted_sum(candidates: Sequence[torch.Tensor], weights: Sequence[torch.Tensor]) -> torch.Tensor:
+def weighted_sum(candidates: Sequence[torch.Tensor], weights: Sequence[torch.Tensor | None]) -> torch.Tensor:
     """The canonical mixed edge: ``Σ_m candidates[m] * weights[m]``, summed left to right.
+
+    A weight of ``None`` marks a term that is already weighted (the output of
+    a merged group of candidates, which applies its weights inside).
 
     Every weighted-sum spelling a supernet uses (Python ``sum`` over a generator,
     ``torch.stack`` + ``torch.sum``, running sums, ``einsum``) is rewritten into
@@ -31,9 +41,9 @@ def weighted_sum(candidates: Sequence[torch.Tensor], weights: Sequence[torch.Ten
             f"weighted_sum needs as many weights as candidates (at least one), "
             f"got {len(candidates)} candidates and {len(weights)} weights"
         )
-    total = candidates[0] * weights[0]
+    total = candidates[0] if weights[0] is None else candidates[0] * weights[0]
     for candidate, weight in zip(candidates[1:], weights[1:]):
-        total = total + candidate * weight
+        total = total + (candidate if weight is None else candidate * weight)
     return total
 
 
@@ -70,3 +80,26 @@ def enter_grad_mode(enabled: bool) -> bool:
 def exit_grad_mode(previous: bool) -> None:
     """Restore the grad mode that :func:`enter_grad_mode` returned."""
     torch._C._set_grad_enabled(previous)
+
+
+def weight_total(weights: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``W_G = Σ_m w_m``: the total architecture weight of a floated group (topo mode)."""
+    total = weights[0]
+    for weight in weights[1:]:
+        total = total + weight
+    return total
+
+
+def relative_weights(weights: Sequence[torch.Tensor], total: torch.Tensor) -> list[torch.Tensor]:
+    """``w_m / W_G`` inside a floated group, and ``1/|G|`` each when ``W_G`` is exactly zero.
+
+    A group whose total weight is zero contributes ``W_G · s(…) = 0`` whatever
+    the relative weights are; single-path methods (GDAS, ROME) give every
+    group but the sampled candidate's a total of exactly 0, and ``0/0`` would
+    poison the whole step with NaN. The uniform choice keeps the value finite
+    and the gradient of ``W_G`` (hence of every alpha in the group) defined.
+    """
+    zero = total == 0
+    safe = torch.where(zero, torch.ones_like(total), total)
+    uniform = torch.full_like(total, 1.0 / len(weights))
+    return [torch.where(zero, uniform, weight / safe) for weight in weights]

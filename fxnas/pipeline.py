@@ -43,7 +43,10 @@ class PassSpec:
 
 def _exact_passes() -> list[PassSpec]:
     from passes.canonicalize_mixed_sums import canonicalize_mixed_sums
+    from passes.fold_eval_bn import fold_eval_bn
+    from passes.fuse_weighted_norm import fuse_weighted_norm
     from passes.hoist_shared import hoist_shared
+    from passes.merge_linear import merge_linear
     from passes.prune_zero import prune_zero
 
     return [
@@ -54,11 +57,39 @@ def _exact_passes() -> list[PassSpec]:
         PassSpec("hoist_shared", hoist_shared,
                  "equivalent ReLUs and pools on one tensor run once: fewer kernels, one saved activation",
                  to_fixed_point=True),
+        PassSpec("fold_eval_bn", fold_eval_bn,
+                 "conv -> BatchNorm is affine in eval mode: folded, ReLU-Conv-BN candidates become linear "
+                 "(runs before merge_linear so that it can merge them)"),
+        PassSpec("merge_linear", merge_linear,
+                 "linear candidates on one tensor become one convolution: one kernel, nothing to save per candidate"),
+        PassSpec("fuse_weighted_norm", fuse_weighted_norm,
+                 "w * bn(x) as one batch norm with scaled affine: the BatchNorm's output is no longer saved"),
+    ]
+
+
+def _topo_passes() -> list[PassSpec]:
+    from passes.float_shared import float_shared
+    from passes.kernel_norm import kernel_norm
+
+    exact = {spec.name: spec for spec in _exact_passes()}
+    return [
+        exact["canonicalize_mixed_sums"],
+        exact["prune_zero"],
+        exact["hoist_shared"],
+        PassSpec("float_shared", float_shared,
+                 "TopoNAS FMS (approximate): per-candidate BatchNorms / pointwise convs float past one merged "
+                 "convolution, recursively for paths of different depth"),
+        PassSpec("kernel_norm", kernel_norm,
+                 "TopoNAS kernel normalisation: each kernel of a floated group normalised per output channel"),
+        exact["fold_eval_bn"],
+        exact["merge_linear"],
+        exact["fuse_weighted_norm"],
     ]
 
 
 MODES: dict[str, Callable[[], list[PassSpec]]] = {
     "exact": _exact_passes,
+    "topo": _topo_passes,
 }
 
 

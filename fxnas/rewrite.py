@@ -111,10 +111,12 @@ def _initialise(gm: fx.GraphModule, root: torch.nn.Module, graph: fx.Graph, clas
         if not name:
             _install_own_state(gm, "", module)
             continue
-        if any(name == c or name.startswith(c + ".") for c in called):
-            if name in called:
-                _install(gm, name, module, "module")
+        if name in called:
+            _install(gm, name, module, "module")
             continue
+        parts = name.split(".")
+        if any(".".join(parts[:k]) in called for k in range(1, len(parts))):
+            continue  # inside a module installed whole
         _install_own_state(gm, name, module)
     for node in graph.nodes:
         if node.op == "get_attr" and not _resolves(gm, node.target):
@@ -176,11 +178,17 @@ def clone_graph_module(gm: fx.GraphModule) -> fx.GraphModule:
     return clone
 
 
-def copy_meta(new: fx.Node, old: fx.Node) -> fx.Node:
-    """Give a replacement node the provenance of the node it stands for."""
+def copy_meta(new: fx.Node, old: fx.Node, same_value: bool = False) -> fx.Node:
+    """Give a replacement node the provenance of the node it stands for.
+
+    With ``same_value`` the new node also takes the old one's recorded value
+    (shape, dtype), so it need not be evaluated on fake tensors again.
+    """
     for key in ("nn_module_stack", "stack_trace", "grad_enabled", "source_fn_stack"):
         if key in old.meta and key not in new.meta:
             new.meta[key] = old.meta[key]
+    if same_value and "fxnas_value" in old.meta:
+        new.meta["fxnas_value"] = old.meta["fxnas_value"]
     return new
 
 
@@ -203,9 +211,17 @@ def delete_unused_stateless_submodules(gm: fx.GraphModule) -> list[str]:
         if node.op in ("call_module", "get_attr"):
             parts = node.target.split(".")
             used.update(".".join(parts[: i + 1]) for i in range(len(parts)))
+    # Modules a runtime module computes with (ModuleReferences) stay registered, so that
+    # .train()/.eval() on the GraphModule still reaches them.
+    referenced = {
+        id(m) for holder in gm.modules() for value in vars(holder).values()
+        if type(value).__name__ == "ModuleReferences" for m in value.modules
+    }
     removed = []
     for name, module in list(gm.named_modules()):
         if not name or name in used or any(name.startswith(u + ".") for u in used if u):
+            continue
+        if id(module) in referenced or any(id(m) in referenced for m in module.modules()):
             continue
         if next(module.parameters(), None) is None and next(module.buffers(), None) is None:
             if any(name.startswith(r + ".") for r in removed):
@@ -238,3 +254,17 @@ def erase_nodes(graph: fx.Graph, nodes: Iterable[fx.Node]) -> None:
     for node in sorted(nodes, key=order.__getitem__, reverse=True):
         if not node.users:
             graph.erase_node(node)
+
+
+def unique_module_name(gm: torch.nn.Module, base: str) -> str:
+    """A fresh top-level attribute name derived from ``base`` (dots and odd characters -> ``_``)."""
+    import re
+
+    name = re.sub(r"\W+", "_", base).strip("_") or "module"
+    if name[0].isdigit():
+        name = "_" + name
+    candidate, k = name, 1
+    while hasattr(gm, candidate):
+        candidate = f"{name}_{k}"
+        k += 1
+    return candidate

@@ -194,7 +194,9 @@ class NASTracer(fx.Tracer):
         leaf_modules: Sequence[type | str] = (),
     ) -> None:
         super().__init__(param_shapes_constant=False)
-        self.record_stack_traces = True
+        # fx's per-node stack traces cost more than the rest of tracing; fxnas's errors
+        # and guards take the user's line from the live stack instead.
+        self.record_stack_traces = False
         self.proxy_buffer_attributes = True
         self.example_inputs = list(example_inputs)
         self.extra_leaf_types = tuple(m for m in leaf_modules if isinstance(m, type))

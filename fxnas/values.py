@@ -79,6 +79,9 @@ def _unpatched_module_calls():
     module on fake tensors must run it instead.
     """
     patched_call, patched_getattr = torch.nn.Module.__call__, torch.nn.Module.__getattr__
+    if patched_call is _orig_module_call and patched_getattr is _orig_module_getattr:
+        yield  # not tracing: nothing to undo (and class attribute writes are slow)
+        return
     torch.nn.Module.__call__ = _orig_module_call  # type: ignore[method-assign]
     torch.nn.Module.__getattr__ = _orig_module_getattr  # type: ignore[method-assign]
     try:
@@ -137,6 +140,8 @@ class FakeEvaluator:
         if any(isinstance(a, UnknownValue) for a in _flatten((args, kwargs))):
             return UnknownValue("an input of this node has an unknown value")
         try:
+            if op in ("call_function", "call_method"):
+                return self._run(op, target, args, kwargs)
             with _unpatched_module_calls():
                 return self._run(op, target, args, kwargs)
         except Exception as exc:  # noqa: BLE001 - any failure just means "unknown"

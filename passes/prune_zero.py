@@ -78,7 +78,7 @@ def prune_zero(gm: fx.GraphModule) -> PassResult:
             new = graph.call_function(
                 ops.weighted_sum, ([c.output for c in kept], [old.args[1][c.index] for c in kept])
             )
-        copy_meta(new, old)
+        copy_meta(new, old, same_value=True)
         modules = old.meta.get("fxnas_candidate_modules") or [None] * len(edge.candidates)
         new.meta["fxnas_candidate_modules"] = [modules[c.index] for c in kept]
         new.meta["fxnas_edge_name"] = old.meta.get("fxnas_edge_name", edge.name)

@@ -12,6 +12,11 @@ Builders:
 Every ``forward`` returns logits only and is traceable (no ``.item()``, no
 data-dependent Python control flow, no Python ``random``).  :func:`build`
 creates them by name.
+
+For search strategies, every supernet also takes its architecture weights as
+optional forward arguments (``model.arch_input_names()``) and describes its
+architecture tensors with ``model.arch_groups()`` (:class:`ArchGroup`), so the
+weights can be computed outside a traced / simplified network.
 """
 
 from __future__ import annotations
@@ -21,8 +26,9 @@ from typing import Dict
 import torch.nn as nn
 
 from .arch_weights import WEIGHTINGS, gumbel_straight_through, softmax_weights
-from .darts import DartsCell, DartsMixedOp, DartsSupernet, Genotype, parse_genotype
-from .nb201 import SUM_STYLES, NB201SearchCell, NB201Supernet, ResNetReductionBlock, edge_key
+from .darts import DartsCell, DartsMixedOp, DartsSupernet, DroppedEdge, Genotype, cell_node_edges, parse_genotype
+from .interface import ArchGroup, node_softmax
+from .nb201 import SUM_STYLES, NB201SearchCell, NB201Supernet, ResNetReductionBlock, edge_key, genotype_to_arch_str
 from .operations import (
     DARTS_OPS,
     NB201_DARTS_OPS,
@@ -54,6 +60,11 @@ __all__ = [
     "PartialMixedOp",
     "Genotype",
     "parse_genotype",
+    "DroppedEdge",
+    "cell_node_edges",
+    "ArchGroup",
+    "node_softmax",
+    "genotype_to_arch_str",
     "channel_shuffle",
     "edge_normalisation_weights",
     "edge_key",

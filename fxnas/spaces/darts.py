@@ -28,20 +28,39 @@ the DARTS search code).  The network computes ``softmax(alphas_normal)`` or
 does; ``.to()`` / ``.double()`` / ``.cuda()`` still move them, in place
 (the same tensor objects, like Parameters), which the original code does not.
 ``alphas="parameter"`` registers them as ``nn.Parameter``.
+
+Extensions for the search (off by default):
+
+* ``forward(images, weights_normal=None, weights_reduce=None)``: a search
+  strategy may pass the ``(14, num_ops)`` candidate weights of each cell type
+  itself; ``None`` computes them from the alphas as before.
+* ``kept_edges={"normal": [...], "reduce": [...]}``: build only these edges
+  (FTSO's operator stage); a dropped edge is a parameter-free
+  :class:`DroppedEdge` placeholder that the cell skips.
 """
 
 from __future__ import annotations
 
 from collections import namedtuple
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 
 from .arch_weights import arch_weights, check_weighting
+from .interface import ArchGroup
 from .operations import DARTS_OPS, FactorizedReduce, ReLUConvBN, make_op
 
-__all__ = ["Genotype", "DartsMixedOp", "DartsCell", "DartsSupernet", "parse_genotype", "num_cell_edges"]
+__all__ = [
+    "Genotype",
+    "DartsMixedOp",
+    "DartsCell",
+    "DartsSupernet",
+    "DroppedEdge",
+    "parse_genotype",
+    "num_cell_edges",
+    "cell_node_edges",
+]
 
 Genotype = namedtuple("Genotype", "normal normal_concat reduce reduce_concat")
 
@@ -51,6 +70,22 @@ ALPHA_KINDS = ("parameter", "tensor")
 def num_cell_edges(steps: int) -> int:
     """Mixed edges in a cell with ``steps`` intermediate nodes (14 for 4)."""
     return sum(2 + i for i in range(steps))
+
+
+def cell_node_edges(steps: int) -> List[List[int]]:
+    """Edge indices of the incoming edges of every intermediate node."""
+    rows, start = [], 0
+    for i in range(steps):
+        rows.append(list(range(start, start + 2 + i)))
+        start += 2 + i
+    return rows
+
+
+class DroppedEdge(nn.Module):
+    """Placeholder for an edge that ``kept_edges`` removed; the cell skips it."""
+
+    def forward(self, x: torch.Tensor, *args) -> torch.Tensor:  # pragma: no cover - never called
+        raise RuntimeError("a dropped edge is never evaluated")
 
 
 def _with_pool_bn(op: nn.Module, name: str, C: int, track_running_stats: bool) -> nn.Module:
@@ -75,7 +110,11 @@ class DartsMixedOp(nn.Module):
 
 
 class DartsCell(nn.Module):
-    """A DARTS search cell (normal or reduction); ``forward(s0, s1, weights)``."""
+    """A DARTS search cell (normal or reduction); ``forward(s0, s1, weights)``.
+
+    ``kept_edges`` (edge indices) builds only those edges; the others are
+    :class:`DroppedEdge` placeholders, absent from the node sums.
+    """
 
     mixed_op_class = DartsMixedOp
 
@@ -90,9 +129,15 @@ class DartsCell(nn.Module):
         reduction_prev: bool,
         op_names: Sequence[str],
         track_running_stats: bool = True,
+        kept_edges: Optional[Sequence[int]] = None,
         **mixed_op_kwargs,
     ):
         super().__init__()
+        num_edges = num_cell_edges(steps)
+        self.kept_edges: List[int] = list(range(num_edges)) if kept_edges is None else sorted(set(kept_edges))
+        for rows in cell_node_edges(steps):
+            if not set(rows) & set(self.kept_edges):
+                raise ValueError(f"kept_edges={self.kept_edges} leaves a node without an incoming edge")
         self.reduction = reduction
         self.steps = steps
         self.multiplier = multiplier
@@ -104,6 +149,9 @@ class DartsCell(nn.Module):
         self.edges = nn.ModuleList()
         for i in range(steps):
             for j in range(2 + i):
+                if len(self.edges) not in self.kept_edges:
+                    self.edges.append(DroppedEdge())
+                    continue
                 stride = 2 if reduction and j < 2 else 1
                 self.edges.append(self.mixed_op_class(C, stride, op_names, track_running_stats, **mixed_op_kwargs))
 
@@ -111,7 +159,11 @@ class DartsCell(nn.Module):
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         offset = 0
         for _ in range(self.steps):
-            node = sum(self.edges[offset + j](h, weights[offset + j]) for j, h in enumerate(states))
+            node = sum(
+                self.edges[offset + j](h, weights[offset + j])
+                for j, h in enumerate(states)
+                if not isinstance(self.edges[offset + j], DroppedEdge)
+            )
             offset += len(states)
             states.append(node)
         return torch.cat(states[-self.multiplier :], dim=1)
@@ -154,6 +206,8 @@ class DartsSupernet(nn.Module):
             one-hot, sampled once per forward for each cell type).
         track_running_stats: BatchNorm flag of the cells (DARTS: True).
         tau: initial Gumbel temperature.
+        kept_edges: ``None`` or ``{"normal": [edge, ...], "reduce": [...]}``:
+            build only these edges of each cell type (FTSO's operator stage).
     """
 
     cell_class = DartsCell
@@ -171,9 +225,13 @@ class DartsSupernet(nn.Module):
         weights: str = "softmax",
         track_running_stats: bool = True,
         tau: float = 1.0,
+        kept_edges: Optional[Mapping[str, Sequence[int]]] = None,
         **cell_kwargs,
     ):
         super().__init__()
+        if kept_edges is not None:
+            kept_edges = {kind: sorted(set(kept_edges[kind])) for kind in ("normal", "reduce")}
+        self.kept_edges = kept_edges
         if alphas not in ALPHA_KINDS:
             raise ValueError(f"alphas must be one of {ALPHA_KINDS}, got {alphas!r}")
         self._config = dict(
@@ -188,6 +246,7 @@ class DartsSupernet(nn.Module):
             weights=weights,
             track_running_stats=track_running_stats,
             tau=tau,
+            kept_edges=kept_edges,
             **cell_kwargs,
         )
         self.C = C
@@ -218,6 +277,7 @@ class DartsSupernet(nn.Module):
                 reduction_prev,
                 self.op_names,
                 track_running_stats,
+                kept_edges=None if kept_edges is None else kept_edges["reduce" if reduction else "normal"],
                 **cell_kwargs,
             )
             self.cells.append(cell)
@@ -290,20 +350,70 @@ class DartsSupernet(nn.Module):
             True: arch_weights(self.alphas_reduce, "gumbel", self.tau),
         }
 
-    def cell_arch_inputs(self, cell: DartsCell, presampled) -> Tuple[torch.Tensor, ...]:
-        """The architecture arguments passed to ``cell`` after ``(s0, s1)``."""
+    def cell_arch_inputs(self, cell: DartsCell, presampled, given=None) -> Tuple[torch.Tensor, ...]:
+        """The architecture arguments passed to ``cell`` after ``(s0, s1)``.
+
+        ``given`` maps forward argument names to tensors the caller passed
+        (``None`` entries: compute from the alphas)."""
+        kind = "reduce" if cell.reduction else "normal"
+        if given is not None and given.get(f"weights_{kind}") is not None:
+            return (given[f"weights_{kind}"],)
         if presampled is not None:
             return (presampled[cell.reduction],)
         alphas = self.alphas_reduce if cell.reduction else self.alphas_normal
         return (arch_weights(alphas, "softmax", self.tau),)
 
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        presampled = self._presampled_weights()
+    def _forward_cells(self, inputs: torch.Tensor, given: Dict[str, Optional[torch.Tensor]]) -> torch.Tensor:
+        presampled = None
+        if any(given.get(f"weights_{kind}") is None for kind in ("normal", "reduce")):
+            presampled = self._presampled_weights()
         s0 = s1 = self.stem(inputs)
         for cell in self.cells:
-            s0, s1 = s1, cell(s0, s1, *self.cell_arch_inputs(cell, presampled))
+            s0, s1 = s1, cell(s0, s1, *self.cell_arch_inputs(cell, presampled, given))
         out = self.global_pooling(s1)
         return self.classifier(out.view(out.size(0), -1))
+
+    def forward(
+        self,
+        inputs: torch.Tensor,
+        weights_normal: Optional[torch.Tensor] = None,
+        weights_reduce: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """Logits; ``weights_normal`` / ``weights_reduce`` (``(14, num_ops)``)
+        override the weights computed from the alphas."""
+        return self._forward_cells(inputs, {"weights_normal": weights_normal, "weights_reduce": weights_reduce})
+
+    # --- the search interface -------------------------------------------------
+
+    def node_edges(self) -> List[List[int]]:
+        """Edge indices of the incoming edges of every intermediate node."""
+        return cell_node_edges(self.steps)
+
+    def _group_betas(self, kind: str) -> Optional[torch.Tensor]:
+        return None
+
+    def arch_groups(self) -> List[ArchGroup]:
+        """Two groups, ``normal`` and ``reduce``."""
+        groups = []
+        for kind in ("normal", "reduce"):
+            betas = self._group_betas(kind)
+            kept = None if self.kept_edges is None else list(self.kept_edges[kind])
+            groups.append(
+                ArchGroup(
+                    name=kind,
+                    alphas=getattr(self, f"alphas_{kind}"),
+                    betas=betas,
+                    node_edges=self.node_edges(),
+                    weights_arg=f"weights_{kind}",
+                    edge_weights_arg=None if betas is None else f"edge_weights_{kind}",
+                    kept_edges=None if kept is not None and len(kept) == num_cell_edges(self.steps) else kept,
+                )
+            )
+        return groups
+
+    def arch_input_names(self) -> List[str]:
+        """The forward arguments after the images, in order."""
+        return ["weights_normal", "weights_reduce"]
 
     # --- the discrete architecture -------------------------------------------
 
@@ -312,28 +422,51 @@ class DartsSupernet(nn.Module):
         alphas = self.alphas_reduce if reduction else self.alphas_normal
         return torch.softmax(alphas.detach().float(), dim=-1)
 
-    def genotype(self) -> Genotype:
+    def _genotype_scores(self, reduction: bool, scores) -> List[List[float]]:
+        kind = "reduce" if reduction else "normal"
+        if scores is None:
+            weights = self.edge_weights_for_genotype(reduction)
+        else:
+            weights = scores[kind].detach().float().clone()
+        if self.kept_edges is not None:
+            # A dropped edge ranks below every kept one.
+            dropped = [e for e in range(weights.shape[0]) if e not in set(self.kept_edges[kind])]
+            weights[dropped] = -1.0
+        return weights.tolist()
+
+    def genotype(self, scores: Optional[Mapping[str, torch.Tensor]] = None) -> Genotype:
         """DARTS's rule: per node, the top-2 incoming edges by their strongest
-        non-``none`` weight, each with that candidate."""
-        normal = parse_genotype(self.edge_weights_for_genotype(False).tolist(), self.op_names, self.steps)
-        reduce = parse_genotype(self.edge_weights_for_genotype(True).tolist(), self.op_names, self.steps)
+        non-``none`` weight, each with that candidate.
+
+        ``scores`` (``{"normal": (14, num_ops), "reduce": ...}``) replaces the
+        softmax of the alphas as the ranking (a strategy's own view, e.g.
+        ROME's topology-masked weights); dropped edges (``kept_edges``) are
+        never chosen while a kept one is left."""
+        normal = parse_genotype(self._genotype_scores(False, scores), self.op_names, self.steps)
+        reduce = parse_genotype(self._genotype_scores(True, scores), self.op_names, self.steps)
         concat = list(range(2 + self.steps - self.multiplier, self.steps + 2))
         return Genotype(normal=normal, normal_concat=concat, reduce=reduce, reduce_concat=concat)
 
-    def new(self) -> "DartsSupernet":
+    def new(self, **overrides) -> "DartsSupernet":
         """A fresh network of the same configuration, on the same device and
         dtype, whose architecture tensors hold copies of this one's values
         (the network weights are freshly initialised, as in DARTS's ``new()``;
-        second-order DARTS loads them afterwards)."""
+        second-order DARTS loads them afterwards).  ``overrides`` change
+        constructor arguments (then the alphas are copied only where the
+        shapes agree)."""
         reference = next(self.parameters())
-        clone = type(self)(**self._config).to(device=reference.device, dtype=reference.dtype)
+        clone = type(self)(**{**self._config, **overrides}).to(device=reference.device, dtype=reference.dtype)
         with torch.no_grad():
             for mine, theirs in zip(clone.arch_parameters(), self.arch_parameters()):
-                mine.copy_(theirs)
+                if mine.shape == theirs.shape:
+                    mine.copy_(theirs)
         return clone
 
     def extra_repr(self) -> str:
-        return (
+        text = (
             f"C={self.C}, layers={self.layers}, steps={self.steps}, multiplier={self.multiplier}, "
             f"ops={self.op_names}, alphas={self.alphas_kind!r}, weights={self.weighting!r}"
         )
+        if self.kept_edges is not None:
+            text += f", kept_edges={self.kept_edges}"
+        return text

@@ -18,12 +18,12 @@ reduction cells (input sizes divisible by 4).
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Optional, Sequence
 
 import torch
 import torch.nn as nn
 
-from .darts import DartsCell, DartsSupernet, _with_pool_bn, num_cell_edges
+from .darts import DartsCell, DartsSupernet, DroppedEdge, _with_pool_bn, num_cell_edges
 from .operations import DARTS_OPS, make_op
 
 __all__ = ["channel_shuffle", "edge_normalisation_weights", "PartialMixedOp", "PCDartsCell", "PCDartsSupernet"]
@@ -101,6 +101,7 @@ class PCDartsCell(DartsCell):
             node = sum(
                 edge_weights[offset + j] * self.edges[offset + j](h, weights[offset + j])
                 for j, h in enumerate(states)
+                if not isinstance(self.edges[offset + j], DroppedEdge)
             )
             offset += len(states)
             states.append(node)
@@ -113,7 +114,8 @@ class PCDartsSupernet(DartsSupernet):
     Same arguments as :class:`DartsSupernet` plus ``partial_k`` (PC-DARTS's
     K, 4: the fraction 1/K of channels that go through the candidates).
     ``arch_parameters()`` returns ``[alphas_normal, alphas_reduce,
-    betas_normal, betas_reduce]``.
+    betas_normal, betas_reduce]``.  ``forward`` also accepts the edge weights
+    (``edge_weights_normal`` / ``edge_weights_reduce``, shape ``(14,)``).
     """
 
     cell_class = PCDartsCell
@@ -132,6 +134,7 @@ class PCDartsSupernet(DartsSupernet):
         track_running_stats: bool = True,
         tau: float = 1.0,
         partial_k: int = 4,
+        kept_edges: Optional[Mapping[str, Sequence[int]]] = None,
     ):
         super().__init__(
             C=C,
@@ -146,6 +149,7 @@ class PCDartsSupernet(DartsSupernet):
             track_running_stats=track_running_stats,
             tau=tau,
             partial_k=partial_k,
+            kept_edges=kept_edges,
         )
         self.partial_k = partial_k
 
@@ -156,10 +160,39 @@ class PCDartsSupernet(DartsSupernet):
         self._register_arch("betas_normal", 1e-3 * torch.randn(edges))
         self._register_arch("betas_reduce", 1e-3 * torch.randn(edges))
 
-    def cell_arch_inputs(self, cell, presampled):
-        (weights,) = super().cell_arch_inputs(cell, presampled)
+    def cell_arch_inputs(self, cell, presampled, given=None):
+        (weights,) = super().cell_arch_inputs(cell, presampled, given)
+        kind = "reduce" if cell.reduction else "normal"
+        if given is not None and given.get(f"edge_weights_{kind}") is not None:
+            return weights, given[f"edge_weights_{kind}"]
         betas = self.betas_reduce if cell.reduction else self.betas_normal
         return weights, edge_normalisation_weights(betas, self.steps)
+
+    def forward(
+        self,
+        inputs: torch.Tensor,
+        weights_normal: Optional[torch.Tensor] = None,
+        weights_reduce: Optional[torch.Tensor] = None,
+        edge_weights_normal: Optional[torch.Tensor] = None,
+        edge_weights_reduce: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """Logits; every given weight tensor overrides the one computed from
+        the alphas / betas."""
+        return self._forward_cells(
+            inputs,
+            {
+                "weights_normal": weights_normal,
+                "weights_reduce": weights_reduce,
+                "edge_weights_normal": edge_weights_normal,
+                "edge_weights_reduce": edge_weights_reduce,
+            },
+        )
+
+    def _group_betas(self, kind: str):
+        return getattr(self, f"betas_{kind}")
+
+    def arch_input_names(self):
+        return ["weights_normal", "weights_reduce", "edge_weights_normal", "edge_weights_reduce"]
 
     def edge_weights_for_genotype(self, reduction: bool) -> torch.Tensor:
         """Candidate weights scaled by the edge-normalisation weights (PC-DARTS)."""

@@ -19,7 +19,11 @@ from .errors import (
     TracedValueGuardError,
     UnusedParametersWarning,
 )
+from . import testing
+from .diff import diff
+from .draw import draw
 from .explain import explain
+from .fidelity import FidelityReport, fidelity
 from .pipeline import PassFailedError, pipeline, simplify
 from .report import SimplifyReport
 from .tracing import trace
@@ -30,6 +34,10 @@ __all__ = [
     "trace",
     "simplify",
     "explain",
+    "fidelity",
+    "FidelityReport",
+    "draw",
+    "diff",
     "pipeline",
     "SimplifyReport",
     "FxnasError",

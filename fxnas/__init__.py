@@ -25,6 +25,7 @@ from .draw import draw
 from .explain import explain
 from .fidelity import FidelityReport, fidelity
 from .pipeline import PassFailedError, pipeline, simplify
+from .plug import PlugReport, plug, unplug
 from .report import SimplifyReport
 from .tracing import trace
 
@@ -34,6 +35,9 @@ __all__ = [
     "trace",
     "simplify",
     "explain",
+    "plug",
+    "unplug",
+    "PlugReport",
     "fidelity",
     "FidelityReport",
     "draw",

@@ -286,3 +286,38 @@ def literal_key(value: Any) -> Any:
 def users_outside(node: fx.Node, allowed: Iterable[fx.Node]) -> list[fx.Node]:
     allowed = set(allowed)
     return [u for u in node.users if u not in allowed]
+
+
+def module_call_counts(gm: torch.nn.Module) -> dict[int, int]:
+    """How many graph nodes call each module (by ``id``), through fxnas runtime modules too.
+
+    A stateful module (a BatchNorm updating running statistics) called more
+    than once must keep the order of its calls; one called once may move.
+    """
+    counts: dict[int, int] = {}
+    for node in gm.graph.nodes:
+        if node.op != "call_module":
+            continue
+        module = gm.get_submodule(node.target)
+        for target in [module, *_referenced_modules(module)]:
+            counts[id(target)] = counts.get(id(target), 0) + 1
+    return counts
+
+
+def _referenced_modules(module: nn.Module) -> list[nn.Module]:
+    found = []
+    for value in vars(module).values():
+        if type(value).__name__ == "ModuleReferences":
+            for referenced in value.modules:
+                if referenced is not None:
+                    found.append(referenced)
+                    found.extend(_referenced_modules(referenced))
+    return found
+
+
+def is_stateful_module(module: nn.Module) -> bool:
+    """Modules whose call changes their own state (running statistics), directly or through references."""
+    for target in [module, *_referenced_modules(module)]:
+        if isinstance(target, _NORM_TYPES) and target.track_running_stats:
+            return True
+    return False

@@ -9,6 +9,7 @@ became dead with an impurity check that keeps stateful and random nodes.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 import torch
@@ -68,7 +69,7 @@ class FxnasGraphModule(fx.GraphModule):
     """A GraphModule whose state mirrors the model it came from, through copies and pickling.
 
     ``fx.GraphModule`` keeps only what its graph references, also when it is
-    deep-copied or unpickled (it is rebuilt from its code). A simplified
+    deep-copied or unpickled (it is re-traced from its code). A simplified
     supernet must keep every parameter and buffer of the user's model under
     its original name (a merged convolution stops calling the candidate
     modules whose kernels it reads), so both paths rebuild the module with
@@ -84,8 +85,55 @@ class FxnasGraphModule(fx.GraphModule):
         return result
 
     def __reduce__(self):
-        rebuild, arguments = super().__reduce__()
-        return (_restore_graph_module, (rebuild, arguments, type(self).__name__))
+        """Pickle the graph itself, node by node: fx re-traces the generated code instead,
+        which cannot follow fxnas's runtime functions (guards, grad-mode switches)."""
+        state = {k: v for k, v in self.__dict__.items() if k not in ("_graph", "_code")}
+        return (_restore_graph_module, (state, _graph_to_specs(self.graph), type(self).__name__))
+
+
+_KEPT_META = ("nn_module_stack", "grad_enabled", "fxnas_value", "fxnas_candidate_modules",
+              "fxnas_edge_name", "fxnas_passthrough")
+
+
+@dataclass(frozen=True)
+class _NodeRef:
+    name: str
+
+
+def _graph_to_specs(graph: fx.Graph) -> list[tuple]:
+    """A picklable description of every node: op, name, target, arguments (nodes by name), meta."""
+    specs = []
+    for node in graph.nodes:
+        args = fx.node.map_arg(node.args, lambda n: _NodeRef(n.name))
+        kwargs = fx.node.map_arg(node.kwargs, lambda n: _NodeRef(n.name))
+        meta = {k: node.meta[k] for k in _KEPT_META if k in node.meta}
+        specs.append((node.op, node.name, node.target, args, kwargs, meta))
+    return specs
+
+
+def _graph_from_specs(specs: list[tuple]) -> fx.Graph:
+    graph = fx.Graph()
+    nodes: dict[str, fx.Node] = {}
+
+    def resolve(value: Any) -> Any:
+        if isinstance(value, _NodeRef):
+            return nodes[value.name]
+        if isinstance(value, list):
+            return [resolve(v) for v in value]
+        if isinstance(value, tuple):
+            items = [resolve(v) for v in value]
+            return type(value)(*items) if hasattr(value, "_fields") else tuple(items)
+        if isinstance(value, dict):
+            return {k: resolve(v) for k, v in value.items()}
+        if isinstance(value, slice):
+            return slice(resolve(value.start), resolve(value.stop), resolve(value.step))
+        return value
+
+    for op, name, target, args, kwargs, meta in specs:
+        node = graph.create_node(op, target, resolve(args), resolve(kwargs), name=name)
+        node.meta.update(meta)
+        nodes[name] = node
+    return graph
 
 
 def _holder(state: dict) -> torch.nn.Module:
@@ -95,11 +143,9 @@ def _holder(state: dict) -> torch.nn.Module:
     return holder
 
 
-def _restore_graph_module(rebuild: Any, arguments: tuple, class_name: str) -> "FxnasGraphModule":
-    """Unpickle: let fx re-trace the graph from the saved code, then restore every piece of state."""
-    plain = rebuild(*arguments)
-    state = arguments[0]
-    restored = build_graph_module(_holder(state), plain.graph, class_name)
+def _restore_graph_module(state: dict, specs: list[tuple], class_name: str) -> "FxnasGraphModule":
+    """Unpickle: rebuild the graph from its node descriptions, then every piece of state."""
+    restored = build_graph_module(_holder(state), _graph_from_specs(specs), class_name)
     restored.meta = state.get("meta", {})
     return restored
 

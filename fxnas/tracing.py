@@ -219,6 +219,8 @@ class NASTracer(fx.Tracer):
     def is_leaf_module(self, m: torch.nn.Module, module_qualified_name: str) -> bool:
         if isinstance(m, self.extra_leaf_types) or module_qualified_name in self.extra_leaf_names:
             return True
+        if type(m).__module__ == "fxnas.modules":  # fxnas's runtime modules (a plugged model traced again)
+            return True
         return super().is_leaf_module(m, module_qualified_name)
 
     def proxy(self, node: fx.Node) -> fx.Proxy:

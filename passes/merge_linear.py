@@ -38,7 +38,8 @@ import torch.fx as fx
 from fxnas.analysis import MixedEdge, find_mixed_edges
 from fxnas.kernels import LinearCandidate, merge_cost, plan_merge, separate_cost
 from fxnas.linearity import LinearView, identity_view, linear_view
-from fxnas.modules import MergedCandidates
+from fxnas.graph_utils import is_stateful_module, module_call_counts
+from fxnas.modules import FoldedConvBN, MergedCandidates
 from fxnas.passes_base import PassResult
 from fxnas.rewrite import copy_meta, unique_module_name
 
@@ -54,6 +55,7 @@ class _Member:
 
 def _members_by_input(edge: MixedEdge, gm: fx.GraphModule) -> dict[fx.Node, list[_Member]]:
     node = edge.output
+    calls = module_call_counts(gm)
     candidates, weights = node.args
     names = node.meta.get("fxnas_candidate_modules") or [None] * len(candidates)
     groups: dict[fx.Node, list[_Member]] = {}
@@ -67,6 +69,10 @@ def _members_by_input(edge: MixedEdge, gm: fx.GraphModule) -> dict[fx.Node, list
             # A candidate with state (a BatchNorm updating running statistics in training) is
             # computed inside the merged module: only when nothing else reads it.
             continue
+        if view.source is not None and is_stateful_module(view.source) and any(
+            calls.get(id(m), 0) > 1 for m in [view.source.bn] if isinstance(view.source, FoldedConvBN)
+        ):
+            continue  # a stateful module called elsewhere too: moving its call would reorder its updates
         label = names[position] or candidate.name
         groups.setdefault(view.reads, []).append(_Member(position, view, label))
     return groups
@@ -137,10 +143,13 @@ def _rewrite(gm: fx.GraphModule, edge: MixedEdge, clusters: list[list[_Member]])
     node.meta["fxnas_candidate_modules"] = new_names
     # The members now run inside the merged module: their own nodes go (a stateful one,
     # FoldedConvBN in training, must not run twice), unless something else still reads them.
+    erased: set[fx.Node] = set()
     for cluster in clusters:
         for member in cluster:
-            if member.view.node is not member.view.reads and not member.view.node.users:
-                graph.erase_node(member.view.node)
+            stale = member.view.node
+            if stale is not member.view.reads and not stale.users and stale not in erased:
+                graph.erase_node(stale)
+                erased.add(stale)
     return done
 
 

@@ -159,6 +159,10 @@ class MergedConv(nn.Module):
         weights = as_weight_vector(weights, len(plan.candidates))
         kernel = self.merged_kernel(weights, kernels)
         bias = merge_biases(plan, weights, biases)
+        # Same type promotion as the unmerged Σ w_m·ℓ_m(x) (float32 weights, float64 features, ...).
+        dtype = torch.promote_types(x.dtype, kernel.dtype)
+        x, kernel = x.to(dtype), kernel.to(dtype)
+        bias = None if bias is None else bias.to(dtype)
         if plan.spatial_dims == 0:
             return F.linear(x, kernel, bias)
 
@@ -372,9 +376,10 @@ def weighted_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor, we
     use_batch_statistics = bn.training or (bn.running_mean is None and bn.running_var is None)
     channels = x.shape[1]
     scale = weight.reshape(()).expand(channels)
-    gamma = scale if bn.weight is None else scale * bn.weight
-    beta = None if bn.bias is None else scale * bn.bias
+    gamma = (scale if bn.weight is None else scale * bn.weight).to(x.dtype)
+    beta = None if bn.bias is None else (scale * bn.bias).to(x.dtype)
     track = not bn.training or bn.track_running_stats
+    result_dtype = torch.promote_types(x.dtype, weight.dtype)  # as for the product w · bn(x)
     return F.batch_norm(
         x,
         bn.running_mean if track else None,
@@ -384,7 +389,7 @@ def weighted_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor, we
         use_batch_statistics,
         factor,
         bn.eps,
-    )
+    ).to(result_dtype)
 
 
 class WeightedBatchNorm(nn.Module):

@@ -77,8 +77,8 @@ def fuse_weighted_norm(gm: fx.GraphModule) -> PassResult:
             if weight is None:
                 continue
             x = _batchnorm_input(candidate, node, gm)
-            if x is None:
-                continue
+            if x is None or list(node.args[0]).count(candidate) > 1:
+                continue  # one BatchNorm output weighted twice: fusing both would run it twice
             source = gm.get_submodule(candidate.target)
             once = not is_stateful_module(source) or all(calls.get(id(m), 0) <= 1 for m in _stateful_parts(source))
             anchor = _position(graph, candidate, weight, node, once)

@@ -69,10 +69,13 @@ def _members_by_input(edge: MixedEdge, gm: fx.GraphModule) -> dict[fx.Node, list
             # A candidate with state (a BatchNorm updating running statistics in training) is
             # computed inside the merged module: only when nothing else reads it.
             continue
-        if view.source is not None and is_stateful_module(view.source) and any(
-            calls.get(id(m), 0) > 1 for m in [view.source.bn] if isinstance(view.source, FoldedConvBN)
+        if view.source is not None and is_stateful_module(view.source) and (
+            candidates.count(candidate) > 1
+            or any(calls.get(id(m), 0) > 1 for m in [view.source.bn] if isinstance(view.source, FoldedConvBN))
         ):
-            continue  # a stateful module called elsewhere too: moving its call would reorder its updates
+            # a stateful module called elsewhere too (or one node weighted twice in this sum):
+            # running it inside the merge would repeat or reorder its statistics updates
+            continue
         label = names[position] or candidate.name
         groups.setdefault(view.reads, []).append(_Member(position, view, label))
     return groups

@@ -26,27 +26,13 @@ from fxnas.spaces import build
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def simplify_modes():
-    try:
-        from fxnas.pipeline import MODES
-    except ImportError:
-        return set()
-    return set(MODES)
-
-
-def needs_mode(mode):
-    """Marks a test that needs ``fxnas.simplify(mode=...)``: a real test once it exists."""
-    return pytest.mark.xfail(mode not in simplify_modes(), reason="simplify not available yet", strict=False)
-
-
 def with_mode(mode):
-    return pytest.param(mode, marks=needs_mode(mode)) if mode != "none" else mode
+    return mode  # every simplify mode exists: a plain parameter
 
 
 def case(*values):
     """A parametrize case whose last value is a mode."""
-    mode = values[-1]
-    return pytest.param(*values, marks=needs_mode(mode)) if mode != "none" else pytest.param(*values)
+    return pytest.param(*values)
 
 
 TINY = ["--synthetic", "--synthetic-size", "32", "--image-size", "16", "--batch-size", "4", "--C", "4", "--N", "1",
@@ -360,19 +346,9 @@ def test_ftso_topology_only(tmp_path):
 STRATEGY_NAMES = ["darts", "darts2", "pc-darts", "beta-darts", "gdas", "rome", "ftso"]
 
 
-#: Known failures of the compiler, not of the search (strict=False: they pass once fixed).
-ONE_HOT_TOPO = pytest.mark.xfail(
-    strict=False,
-    reason="topo mode gives NaN under one-hot weights: float_shared's w_m / W_G is 0/0 when the "
-    "sampled candidate is outside a group",
-)
-
-
 @pytest.mark.parametrize("mode", ["none", with_mode("exact"), with_mode("topo")])
 @pytest.mark.parametrize("strategy", STRATEGY_NAMES)
-def test_cli_every_strategy_nb201(tmp_path, strategy, mode, request):
-    if mode == "topo" and strategy in ("gdas", "rome"):
-        request.applymarker(ONE_HOT_TOPO)
+def test_cli_every_strategy_nb201(tmp_path, strategy, mode):
     epochs = "2" if strategy == "ftso" else "1"
     code, final = search_cli(
         tmp_path, "--space", "nb201", "--strategy", strategy, "--mode", mode, "--epochs", epochs, "--steps", "2", *TINY
@@ -412,7 +388,6 @@ def test_cli_other_spaces(tmp_path, space, strategy, mode):
         assert final["arch_str"].count("~") == 6
 
 
-@needs_mode("exact")
 def test_exact_mode_searches_like_the_unsimplified_supernet(tmp_path):
     finals = {}
     for mode in ("none", "exact"):
@@ -630,7 +605,7 @@ def _free_port():
 
 
 def test_two_process_gloo_data_parallel(tmp_path):
-    mode = "exact" if "exact" in simplify_modes() else "none"
+    mode = "exact"
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
         "--master_port", str(_free_port()), "-m", "fxnas", "search", "--strategy", "rome", "--mode", mode,

@@ -583,6 +583,22 @@ def _common_module_prefix(names: Iterable[str | None], fallback: str) -> str:
     return ".".join(common) if common else fallback
 
 
+def _edge_name(candidates: list["Candidate"], terms: list[Term], root: fx.Node) -> str:
+    """The edge's name: the common prefix of its candidates' module names.
+
+    When that prefix is a container that is never called (the ModuleList of
+    candidates) whose parent is the module that computes the sum (a DARTS
+    MixedOp), the edge is named after that module.
+    """
+    name = _common_module_prefix([c.module for c in candidates], fallback=root.name)
+    writer = next((module_path(t.product) for t in terms if t.product is not None), None)
+    if writer and "." in name and name.rsplit(".", 1)[0] == writer[-1]:
+        called = {entry for t in terms if t.product is not None for entry in module_path(t.product)}
+        if name not in called:
+            return writer[-1]
+    return name
+
+
 def _group_terms(match: WeightedSum) -> list[list[Term]]:
     groups: dict[Any, list[Term]] = {}
     for term in match.terms:
@@ -630,9 +646,7 @@ def _build_edge(
     else:
         key = _weight_group_key(first.node)
         source = key[0] if isinstance(key[0], fx.Node) and key[1] != "own" else first.node
-    name = match.root.meta.get("fxnas_edge_name") or _common_module_prefix(
-        [c.module for c in candidates], fallback=f"{match.root.name}"
-    )
+    name = match.root.meta.get("fxnas_edge_name") or _edge_name(candidates, terms, match.root)
     return MixedEdge(name=name, input=edge_input, candidates=candidates, weighted_sum=match,
                      form=match.form, weight_source=source, shared=shared)
 
@@ -678,6 +692,9 @@ def describe_node(node: fx.Node, root: torch.nn.Module | None = None) -> str:
     """A short human label: module type and geometry, or the function name."""
     if node.op == "call_module" and root is not None:
         module = module_of(node, root)
+        describe = getattr(module, "describe", None)
+        if callable(describe) and type(module).__module__ == "fxnas.modules":
+            return describe()  # fxnas runtime modules describe themselves
         label = type(module).__name__
         kernel = getattr(module, "kernel_size", None)
         if kernel is not None:

@@ -272,6 +272,9 @@ class FoldedConvBN(nn.Module):
     def extra_repr(self) -> str:
         return f"{self.candidate.describe()} + {type(self.bn).__name__} folded in eval mode"
 
+    def describe(self) -> str:
+        return f"Conv+BN({self.candidate.describe()}, folded in eval)"
+
 
 class MergedCandidates(nn.Module):
     """``Σ_m w_m · ℓ_m(h)`` for linear candidates of one mixed edge, as one convolution.
@@ -353,6 +356,10 @@ class MergedCandidates(nn.Module):
     def extra_repr(self) -> str:
         return self.merged.extra_repr()
 
+    def describe(self) -> str:
+        kind = "Floated" if self.floated else "Merged"
+        return f"{kind}({len(self.has_source)} candidates -> {self.merged.plan.describe()})"
+
 
 def weighted_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """``weight · bn(x)`` as one batch-norm call whose affine transform is scaled by ``weight``.
@@ -417,3 +424,7 @@ class WeightedBatchNorm(nn.Module):
 
     def extra_repr(self) -> str:
         return f"w * {self.source}"
+
+    def describe(self) -> str:
+        inner = self.source.describe() if isinstance(self.source, FoldedConvBN) else type(self.source).__name__
+        return f"w·{inner}"

@@ -9,7 +9,6 @@ STAMP  := $(VENV)/.fxnas-installed
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
 	# xautodl (the real NAS-Bench-201 supernets, for tests): its metadata pins a numpy
 	# that does not build on Python 3.11, its model code needs none of it.

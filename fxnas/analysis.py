@@ -88,6 +88,7 @@ class Term:
     zero: bool = False
     group_key: Any = None
     module: str | None = None  # the module a pass-through candidate (identity) came out of
+    passthrough: bool = False  # the candidate is its input, passed through a module that added no node
 
 
 @dataclass
@@ -332,7 +333,8 @@ def _recognise_add_tree(node: fx.Node, used: set[fx.Node]) -> WeightedSum | None
         internal.add(leaf)
         terms.append(Term(candidate=candidate, weight=WeightRef(node=weight), product=leaf,
                           zero=is_zero_node(candidate), group_key=_weight_group_key(weight),
-                          module=_passthrough_module(leaf, candidate)))
+                          module=_passthrough_module(leaf, candidate),
+                          passthrough=_passthrough_module(leaf, candidate) is not None))
     if len(terms) < 2:
         return None
     return WeightedSum(root=node, form="add_tree", terms=terms, other_addends=others, internal=internal)
@@ -401,7 +403,7 @@ def _stacked_terms(stacked: Any, weights: Any, internal: set[fx.Node]) -> list[T
         if module:
             taken.add(module)
         terms.append(Term(candidate=c, weight=WeightRef(vector=vector, index=i), zero=zero,
-                          group_key=(vector, ()), module=module))
+                          group_key=(vector, ()), module=module, passthrough=module is not None))
     return terms
 
 
@@ -499,19 +501,24 @@ def _private_path(
     dependent: set[fx.Node],
     weights: set[fx.Node],
     order: dict[fx.Node, int],
+    other_sums: set[fx.Node] = frozenset(),
 ) -> tuple[list[fx.Node], list[fx.Node]]:
     """Nodes that compute ``candidate`` and are used by nothing else, and the nodes they read.
 
     A node belongs to the path when every one of its users is in the path (or
-    is part of the sum, ``owners``). Returns (path in graph order, frontier).
+    is part of the sum, ``owners``). A path never reaches into another
+    weighted sum (``other_sums``: the output of the previous node of a cell is
+    that node's sum, not part of a pass-through candidate). Returns (path in
+    graph order, frontier).
     """
-    if candidate.op == "placeholder" or any(u not in owners for u in candidate.users):
+    if (candidate.op == "placeholder" or candidate in other_sums
+            or any(u not in owners for u in candidate.users)):
         return [], [candidate]
     path = {candidate}
     work = [n for n in _feature_inputs(candidate, dependent) if n not in weights]
     while work:
         node = work.pop()
-        if node in path or node.op == "placeholder":
+        if node in path or node.op == "placeholder" or node in other_sums:
             continue
         if all(u in path for u in node.users):
             path.add(node)
@@ -607,9 +614,14 @@ def _group_terms(match: WeightedSum) -> list[list[Term]]:
 
 
 def _build_edge(
-    match: WeightedSum, terms: list[Term], dependent: set[fx.Node], order: dict[fx.Node, int]
+    match: WeightedSum,
+    terms: list[Term],
+    dependent: set[fx.Node],
+    order: dict[fx.Node, int],
+    sum_nodes: set[fx.Node] = frozenset(),
 ) -> MixedEdge | None:
     owners = set(match.internal) | {match.root}
+    other_sums = sum_nodes - owners
     weight_nodes = {t.weight.node for t in match.terms if t.weight.node is not None}
     candidates: list[Candidate] = []
     frontiers: list[fx.Node] = []
@@ -619,7 +631,10 @@ def _build_edge(
             continue
         if term.candidate not in dependent:
             return None  # a constant "candidate" is not computed from an edge input
-        path, frontier = _private_path(term.candidate, owners, dependent, weight_nodes, order)
+        if term.module is not None and term.passthrough:
+            path, frontier = [], [term.candidate]  # a pass-through candidate (an identity traced through)
+        else:
+            path, frontier = _private_path(term.candidate, owners, dependent, weight_nodes, order, other_sums)
         candidates.append(Candidate(m, term.candidate, term.weight, path, frontier, term.zero, None))
         frontiers.extend(f for f in frontier if f not in frontiers)
     found = _edge_input(frontiers, dependent)
@@ -662,11 +677,13 @@ def find_mixed_edges(gm: fx.GraphModule) -> list[MixedEdge]:
     dependent = input_dependent_nodes(gm.graph)
     order = {n: i for i, n in enumerate(gm.graph.nodes)}
     edges: list[MixedEdge] = []
-    for match in find_weighted_sums(gm.graph):
+    matches = find_weighted_sums(gm.graph)
+    sum_nodes = {n for m in matches for n in (m.root, *m.internal)}
+    for match in matches:
         for terms in _group_terms(match):
             if len(terms) < (1 if match.form == "canonical" else 2):
                 continue
-            edge = _build_edge(match, terms, dependent, order)
+            edge = _build_edge(match, terms, dependent, order, sum_nodes)
             if edge is not None:
                 edges.append(edge)
     _disambiguate_names(edges)

@@ -347,8 +347,8 @@ def node_label(node: fx.Node, gm: fx.GraphModule) -> str:
         return str(node.target)
     if node.op == "call_module":
         module = _module(gm, node.target)
-        if is_runtime_module(module):
-            summary = runtime_summary(module)
+        if is_runtime_module(module) and not callable(getattr(module, "describe", None)):
+            summary = runtime_summary(module)  # modules that describe themselves already say it
             if summary:
                 label = f"{label}({summary})" if "(" not in label else f"{label} {summary}"
     return label

@@ -358,7 +358,8 @@ class MergedCandidates(nn.Module):
 
     def describe(self) -> str:
         kind = "Floated" if self.floated else "Merged"
-        return f"{kind}({len(self.has_source)} candidates -> {self.merged.plan.describe()})"
+        geometry = self.merged.plan.describe().replace(" stride 1x1", "").replace(" pad 1x1", "")
+        return f"{kind}({len(self.has_source)} -> {geometry})"
 
 
 def weighted_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

@@ -35,7 +35,7 @@ import torch
 import torch.fx as fx
 
 from . import ops
-from .graph_utils import data_inputs, input_dependent_nodes, module_of, module_path
+from .graph_utils import common_prefix, data_inputs, input_dependent_nodes, module_of, module_path
 from .values import VALUE_KEY, tensor_meta
 
 __all__ = [
@@ -566,12 +566,7 @@ def _candidate_module(path: Sequence[fx.Node], sum_root: fx.Node) -> str | None:
     names = [n for n in names if n]
     if not names:
         return None
-    common = names[0]
-    for other in names[1:]:
-        k = 0
-        while k < min(len(common), len(other)) and common[k] == other[k]:
-            k += 1
-        common = common[:k]
+    common = common_prefix(names)
     return common[0] if common else names[0][0]
 
 
@@ -579,12 +574,7 @@ def _common_module_prefix(names: Iterable[str | None], fallback: str) -> str:
     parts = [n.split(".") for n in names if n]
     if not parts:
         return fallback
-    common = parts[0]
-    for other in parts[1:]:
-        k = 0
-        while k < min(len(common), len(other)) and common[k] == other[k]:
-            k += 1
-        common = common[:k]
+    common = common_prefix(parts)
     if len(parts) > 1 and common == parts[0]:
         common = common[:-1]
     return ".".join(common) if common else fallback

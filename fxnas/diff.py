@@ -39,7 +39,7 @@ import torch.fx as fx
 from torch.fx.node import map_aggregate
 
 from .analysis import MixedEdge, describe_node, find_mixed_edges
-from .graph_utils import is_pure_stateless_module, literal_key, module_hyperparameters, module_path
+from .graph_utils import common_prefix, is_pure_stateless_module, literal_key, module_hyperparameters, module_path
 from .report import operation_counts
 from .tracing import FXNAS_META_KEY, is_fxnas_traced, trace
 from .values import propagate_values
@@ -280,18 +280,6 @@ def is_runtime_module(module: Any) -> bool:
     return name.startswith("fxnas.") and not name.startswith("fxnas.spaces")
 
 
-def _common_prefix(parts: list[list[str]]) -> list[str]:
-    if not parts:
-        return []
-    common = parts[0]
-    for other in parts[1:]:
-        k = 0
-        while k < min(len(common), len(other)) and common[k] == other[k]:
-            k += 1
-        common = common[:k]
-    return common
-
-
 def candidate_labels(edge: MixedEdge) -> list[str]:
     """A distinct qualified name for every candidate of ``edge`` where one can be found.
 
@@ -308,8 +296,8 @@ def candidate_labels(edge: MixedEdge) -> list[str]:
     for candidate in edge.candidates:
         nodes = candidate.path or candidate.chain
         paths = [module_path(n) for n in nodes if module_path(n)]
-        stacks.append(_common_prefix(paths) if paths else [])
-    common = _common_prefix([s for s in stacks if s])
+        stacks.append(common_prefix(paths) if paths else [])
+    common = common_prefix([s for s in stacks if s])
     labels = []
     for name, stack, candidate in zip(names, stacks, edge.candidates):
         if name in duplicated and len(stack) > len(common):

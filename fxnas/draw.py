@@ -40,7 +40,7 @@ import torch.fx as fx
 
 from .analysis import MixedEdge, WeightRef
 from .diff import analysed_edges, candidate_labels, diff, is_runtime_module, node_label
-from .graph_utils import input_dependent_nodes, module_path
+from .graph_utils import common_prefix, input_dependent_nodes, module_path
 
 __all__ = ["draw", "edge_graph", "cell_graph", "layered_layout"]
 
@@ -125,13 +125,7 @@ def _common_dotted_prefix(names: Iterable[str]) -> str:
     parts = [n.split(".") for n in names if n]
     if len(parts) < 2:
         return parts[0][0] if parts and len(parts[0]) > 1 else ""
-    common = parts[0]
-    for other in parts[1:]:
-        k = 0
-        while k < min(len(common), len(other)) and common[k] == other[k]:
-            k += 1
-        common = common[:k]
-    return ".".join(common)
+    return ".".join(common_prefix(parts))
 
 
 def _value_text(value: Any) -> str:

@@ -7,7 +7,7 @@ queries to decide what they may merge, move or delete.
 from __future__ import annotations
 
 import operator
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import torch
 import torch.fx as fx
@@ -27,6 +27,7 @@ __all__ = [
     "module_path",
     "module_hyperparameters",
     "literal_key",
+    "common_prefix",
 ]
 
 #: Module types whose output is a pure function of their input and hyper-parameters.
@@ -321,3 +322,17 @@ def is_stateful_module(module: nn.Module) -> bool:
         if isinstance(target, _NORM_TYPES) and target.track_running_stats:
             return True
     return False
+
+
+def common_prefix(sequences: Iterable[Sequence[Any]]) -> list[Any]:
+    """The longest common prefix of some sequences (``[]`` for none)."""
+    sequences = [list(s) for s in sequences]
+    if not sequences:
+        return []
+    common = sequences[0]
+    for other in sequences[1:]:
+        k = 0
+        while k < min(len(common), len(other)) and common[k] == other[k]:
+            k += 1
+        common = common[:k]
+    return common

@@ -10,6 +10,7 @@ No data, no download.
 from __future__ import annotations
 
 import argparse
+import copy
 import time
 
 import torch
@@ -51,21 +52,25 @@ def run(args: argparse.Namespace) -> int:
     print(f"fxnas demo: {type(model).__name__} ({args.space}, C={args.channels}), batch {args.batch}, "
           f"{args.resolution}x{args.resolution}, torch {torch.__version__}, {torch.get_num_threads()} threads")
 
+    reference = copy.deepcopy(model) if args.mode == "topo" else model  # topo ties floated parameters in place
     start = time.perf_counter()
     simplified = fxnas.simplify(model, (x[:2],), mode=args.mode)
     print(f"simplify: {time.perf_counter() - start:.2f} s\n")
     print(fxnas.explain(simplified))
 
-    # Equivalence on this batch (eval mode, no buffer updates), before any timing.
-    model.eval(), simplified.eval()
+    # Equivalence (exact) or fidelity (topo) on this batch, before any timing.
+    reference.eval(), simplified.eval()
     with torch.no_grad():
-        reference, candidate = model(x), simplified(x)
-    error = (reference - candidate).abs().max().item() / max(reference.abs().max().item(), 1e-12)
+        expected, got = reference(x), simplified(x)
+    error = (expected - got).abs().max().item() / max(expected.abs().max().item(), 1e-12)
     print(f"\nmax relative output difference (eval, float32): {error:.2e}")
-    model.train(), simplified.train()
+    reference.train(), simplified.train()
+    if args.mode == "topo":
+        print(fxnas.fidelity(reference, simplified, x))
 
-    saved = {name: saved_tensor_bytes(m, (x,)) for name, m in (("original", model), ("simplified", simplified))}
-    flops = {name: training_step_flops(m, (x,)) for name, m in (("original", model), ("simplified", simplified))}
+    variants = (("original", reference), ("simplified", simplified))
+    saved = {name: saved_tensor_bytes(m, (x,)) for name, m in variants}
+    flops = {name: training_step_flops(m, (x,)) for name, m in variants}
 
     def step(module: torch.nn.Module):
         def once() -> None:
@@ -73,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
             module.zero_grad(set_to_none=True)
         return once
 
-    times = interleaved_times({"original": step(model), "simplified": step(simplified)}, repeats=args.repeats)
+    times = interleaved_times({"original": step(reference), "simplified": step(simplified)}, repeats=args.repeats)
     print("\n                     original      simplified   ratio")
     print(f"saved for backward {_mb(saved['original'])}   {_mb(saved['simplified'])}   "
           f"{saved['simplified'] / saved['original']:.2f}")

@@ -363,18 +363,20 @@ class MergedCandidates(nn.Module):
 
 
 def weighted_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """``weight · bn(x)`` as one batch-norm call whose affine transform is scaled by ``weight``.
+    """``weight · bn(x)`` that does not keep ``bn(x)`` alive for backward.
 
-    Identity (exact; ``x̂`` the normalised input)::
+    The forward is exactly the original's: ``bn(x)`` (same statistics, same
+    running-statistics update, following ``_BatchNorm.forward`` step by step),
+    then the product with ``weight``, bit for bit. What changes is what
+    autograd keeps: the product ``w · bn(x)`` saves ``bn(x)`` for the gradient
+    of ``w``; here only ``x`` (which batch norm saves anyway) is kept, and
+    ``bn(x)`` is recomputed in backward::
 
-        w · (γ · x̂ + β) = (w·γ) · x̂ + (w·β)
+        ∂L/∂w = ⟨bn(x), g⟩,   ∂L/∂x = bn'(x)ᵀ (w·g)
 
-    Same statistics, same running-statistics update (this follows
-    ``nn.modules.batchnorm._BatchNorm.forward`` step by step), same result up
-    to rounding. What changes is what autograd saves: the product ``w · bn(x)``
-    keeps ``bn(x)`` alive for the gradient of ``w``, while batch norm's own
-    backward computes the gradient of its weight from the input it saves
-    anyway, so a candidate ending in a BatchNorm saves one activation less.
+    so a candidate ending in a BatchNorm saves one activation less. (Bitwise
+    equal values matter: a feature map with zero variance sits on a ReLU kink,
+    where any reordering of the arithmetic flips a gradient.)
     """
     bn._check_input_dim(x)
     factor = 0.0 if bn.momentum is None else bn.momentum
@@ -382,22 +384,44 @@ def weighted_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor, we
         bn.num_batches_tracked.add_(1)
         factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
     use_batch_statistics = bn.training or (bn.running_mean is None and bn.running_var is None)
-    channels = x.shape[1]
-    scale = weight.reshape(()).expand(channels)
-    gamma = (scale if bn.weight is None else scale * bn.weight).to(x.dtype)
-    beta = None if bn.bias is None else (scale * bn.bias).to(x.dtype)
     track = not bn.training or bn.track_running_stats
-    result_dtype = torch.promote_types(x.dtype, weight.dtype)  # as for the product w · bn(x)
-    return F.batch_norm(
-        x,
-        bn.running_mean if track else None,
-        bn.running_var if track else None,
-        gamma,
-        beta,
-        use_batch_statistics,
-        factor,
-        bn.eps,
-    ).to(result_dtype)
+    return _WeightedBatchNorm.apply(
+        x, weight, bn.weight, bn.bias,
+        bn.running_mean if track else None, bn.running_var if track else None,
+        use_batch_statistics, factor, bn.eps,
+    )
+
+
+class _WeightedBatchNorm(torch.autograd.Function):
+    """``w · batch_norm(x)`` saving ``x`` (and the statistics used), not ``batch_norm(x)``."""
+
+    @staticmethod
+    def forward(ctx, x, weight, gamma, beta, running_mean, running_var, batch_stats, momentum, eps):  # type: ignore[override]
+        normalized = F.batch_norm(x, running_mean, running_var, gamma, beta, batch_stats, momentum, eps)
+        # The statistics this call normalised with: batch statistics are recomputed from x;
+        # running statistics (eval) are copied, since the caller may update the buffers later.
+        stats = (None, None) if batch_stats else (running_mean.clone(), running_var.clone())
+        ctx.batch_stats, ctx.eps = batch_stats, eps
+        ctx.save_for_backward(x, weight, gamma, beta, *stats)
+        return normalized * weight
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        x, weight, gamma, beta, mean, var = ctx.saved_tensors
+        needs_x, needs_w, needs_gamma, needs_beta = ctx.needs_input_grad[:4]
+        with torch.enable_grad():
+            leaves = [t.detach().requires_grad_(n) if t is not None else None
+                      for t, n in ((x, needs_x), (gamma, needs_gamma), (beta, needs_beta))]
+            normalized = F.batch_norm(leaves[0], mean, var, leaves[1], leaves[2], ctx.batch_stats, 0.0, ctx.eps)
+        wanted = [t for t, n in zip(leaves, (needs_x, needs_gamma, needs_beta)) if t is not None and n]
+        grads = iter(torch.autograd.grad(normalized, wanted, grad * weight) if wanted else ())
+        grad_x = next(grads) if needs_x else None
+        grad_gamma = next(grads) if needs_gamma and gamma is not None else None
+        grad_beta = next(grads) if needs_beta and beta is not None else None
+        grad_w = None
+        if needs_w:
+            grad_w = (normalized.detach() * grad).sum().reshape(weight.shape).to(weight.dtype)
+        return grad_x, grad_w, grad_gamma, grad_beta, None, None, None, None, None
 
 
 class WeightedBatchNorm(nn.Module):

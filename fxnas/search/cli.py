@@ -110,13 +110,20 @@ def config_from_args(args: argparse.Namespace) -> SearchConfig:
 
 def run(args: argparse.Namespace) -> int:
     from .data import DatasetNotFoundError
+    from .distributed import shutdown_distributed
     from .loop import Search
 
     try:
         config = config_from_args(args)
         if not config.synthetic and config.data is None:
             raise SearchError("give --data DIR (a folder holding CIFAR-10/100) or --synthetic")
-        Search(config).run()
+        search = Search(config)
+        try:
+            search.run()
+        except BaseException:
+            shutdown_distributed(search.dist, wait=False)
+            raise
+        shutdown_distributed(search.dist)
     except (SearchError, DatasetNotFoundError) as error:
         print(f"fxnas search: error: {error}", file=sys.stderr)
         return 2

@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-__all__ = ["DistInfo", "init_distributed", "all_reduce_mean", "broadcast_tensors", "used_parameter_names", "wrap_ddp"]
+__all__ = ["DistInfo", "init_distributed", "shutdown_distributed", "all_reduce_mean", "broadcast_tensors", "used_parameter_names", "wrap_ddp"]
 
 
 @dataclass
@@ -50,6 +50,19 @@ def init_distributed(device_kind: str, backend: Optional[str] = None) -> DistInf
     if not dist.is_initialized():
         dist.init_process_group(backend=backend)
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, backend=backend)
+
+
+def shutdown_distributed(info: "DistInfo", wait: bool = True) -> None:
+    """Wait for every process (unless ``wait`` is false: after an error), then tear the process group down.
+
+    A process that exits with the group still alive can abort in gloo's
+    background threads ("terminate called without an active exception")
+    while its peers are still finishing their last collective.
+    """
+    if info.enabled and dist.is_initialized():
+        if wait:
+            dist.barrier()
+        dist.destroy_process_group()
 
 
 def all_reduce_mean(tensors: Iterable[torch.Tensor], info: DistInfo) -> None:

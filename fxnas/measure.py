@@ -17,6 +17,7 @@ import torch
 __all__ = [
     "saved_tensor_bytes",
     "training_step_flops",
+    "flop_counter",
     "interleaved_times",
     "TimingResult",
     "loss_of",
@@ -45,31 +46,70 @@ def saved_tensor_bytes(module: torch.nn.Module, inputs: tuple, include_state: bo
     module's own parameters and buffers (kernels, index maps) live anyway and
     are left out unless ``include_state``: what remains is activation memory,
     which grows with the batch.
+
+    No backward runs: the pack hook keeps each storage alive in a list (so
+    that addresses stay distinct while counting) and hands autograd nothing.
+    A hook that returned the tensor itself would leak: an op whose grad_fn
+    saves its own output makes a reference cycle through autograd's C++
+    graph that the garbage collector cannot see.
     """
-    storages: dict[tuple, int] = {}
     state = set()
     if not include_state:
         state = {t.untyped_storage().data_ptr() for t in list(module.parameters()) + list(module.buffers())}
+    storages: dict[tuple, int] = {}
+    alive: list = []
 
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
+    def pack(tensor: torch.Tensor) -> None:
         storage = tensor.untyped_storage()
-        if storage.data_ptr() not in state:
-            storages[(storage.data_ptr(), tensor.device.type, tensor.device.index)] = storage.nbytes()
-        return tensor
+        key = (storage.data_ptr(), tensor.device.type, tensor.device.index)
+        if storage.data_ptr() not in state and key not in storages:
+            storages[key] = storage.nbytes()
+            alive.append(storage)
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    def unpack(_: None) -> torch.Tensor:  # pragma: no cover -- nothing backpropagates through this forward
+        raise RuntimeError("saved_tensor_bytes runs no backward")
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
         output = module(*inputs)
     del output
+    alive.clear()
     return sum(storages.values())
 
 
-def training_step_flops(module: torch.nn.Module, inputs: tuple) -> int:
-    """FLOPs of one forward + backward pass (``torch.utils.flop_counter``)."""
+def _conv_backward_flop(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
+                        _output_padding, groups, output_mask, out_shape, **kwargs) -> int:
+    """FLOPs of ``aten.convolution_backward``, grouped convolutions counted correctly.
+
+    Each of the two products (input gradient, weight gradient) costs what the
+    forward convolution costs: 2 x batch x output positions x ``w.numel()``
+    (the weight already holds C_in/groups input channels). torch's own
+    formula (2.14) counts the weight gradient as a dense convolution over all
+    input channels, overcounting a depthwise convolution by its channel count.
+    """
+    spatial = (x_shape if transposed else grad_out_shape)[2:]
+    forward = 2 * x_shape[0] * _prod(spatial) * _prod(w_shape)
+    return forward * (int(bool(output_mask[0])) + int(bool(output_mask[1])))
+
+
+def _prod(values) -> int:
+    result = 1
+    for v in values:
+        result *= int(v)
+    return result
+
+
+def flop_counter() -> "torch.utils.flop_counter.FlopCounterMode":
+    """A ``FlopCounterMode`` with grouped-convolution backward counted correctly (see ``_conv_backward_flop``)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    counter = FlopCounterMode(display=False)
+    return FlopCounterMode(display=False, custom_mapping={torch.ops.aten.convolution_backward: _conv_backward_flop})
+
+
+def training_step_flops(module: torch.nn.Module, inputs: tuple, loss: Callable[[Any], torch.Tensor] = None) -> int:
+    """FLOPs of one forward + backward pass (``torch.utils.flop_counter``, grouped convolutions fixed)."""
+    counter = flop_counter()
     with counter:
-        loss_of(module(*inputs)).backward()
+        (loss or loss_of)(module(*inputs)).backward()
     module.zero_grad(set_to_none=True)
     return int(counter.get_total_flops())
 

@@ -25,6 +25,7 @@ from fxnas.kernels import (
     LinearCandidate,
     as_weight_vector,
     add_avg_pool_border_correction,
+    diagonal_sum,
     merge_biases,
     merge_kernels,
     plan_merge,
@@ -157,6 +158,11 @@ class MergedConv(nn.Module):
     ) -> torch.Tensor:
         plan = self.plan
         weights = as_weight_vector(weights, len(plan.candidates))
+        terms = plan.diagonal_terms
+        if terms is not None and x.dim() == plan.spatial_dims + 2:
+            # Only identities and pools: no kernel to learn, so no kernel gradient to pay for.
+            dtype = torch.promote_types(x.dtype, weights.dtype)
+            return diagonal_sum(x.to(dtype), weights.to(dtype), terms)
         kernel = self.merged_kernel(weights, kernels)
         bias = merge_biases(plan, weights, biases)
         # Same type promotion as the unmerged Σ w_m·ℓ_m(x) (float32 weights, float64 features, ...).
@@ -393,34 +399,46 @@ def weighted_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor, we
 
 
 class _WeightedBatchNorm(torch.autograd.Function):
-    """``w · batch_norm(x)`` saving ``x`` (and the statistics used), not ``batch_norm(x)``."""
+    """``w · batch_norm(x)`` saving ``x`` and the per-channel statistics, not ``batch_norm(x)``.
+
+    One batch-norm backward (torch's own kernel, called with ``dy = g`` and a
+    unit scale where the BatchNorm has none) yields everything: the input
+    gradient (times ``w``), the per-channel sums ``Σ g·x̂`` and ``Σ g``, from
+    which ``∂L/∂γ = w·Σ g·x̂``, ``∂L/∂β = w·Σ g`` and
+    ``∂L/∂w = Σ_c (γ_c·Σ g·x̂ + β_c·Σ g)`` follow without recomputing ``bn(x)``.
+    """
 
     @staticmethod
     def forward(ctx, x, weight, gamma, beta, running_mean, running_var, batch_stats, momentum, eps):  # type: ignore[override]
-        normalized = F.batch_norm(x, running_mean, running_var, gamma, beta, batch_stats, momentum, eps)
-        # The statistics this call normalised with: batch statistics are recomputed from x;
-        # running statistics (eval) are copied, since the caller may update the buffers later.
+        # The running statistics an eval-mode call normalised with are copied: the caller may update them later.
         stats = (None, None) if batch_stats else (running_mean.clone(), running_var.clone())
+        normalized, save_mean, save_invstd = torch.native_batch_norm(
+            x, gamma, beta, running_mean, running_var, batch_stats, momentum, eps)
         ctx.batch_stats, ctx.eps = batch_stats, eps
-        ctx.save_for_backward(x, weight, gamma, beta, *stats)
+        ctx.save_for_backward(x, weight, gamma, beta, *stats, save_mean, save_invstd)
         return normalized * weight
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad):  # type: ignore[override]
-        x, weight, gamma, beta, mean, var = ctx.saved_tensors
+        x, weight, gamma, beta, mean, var, save_mean, save_invstd = ctx.saved_tensors
         needs_x, needs_w, needs_gamma, needs_beta = ctx.needs_input_grad[:4]
-        with torch.enable_grad():
-            leaves = [t.detach().requires_grad_(n) if t is not None else None
-                      for t, n in ((x, needs_x), (gamma, needs_gamma), (beta, needs_beta))]
-            normalized = F.batch_norm(leaves[0], mean, var, leaves[1], leaves[2], ctx.batch_stats, 0.0, ctx.eps)
-        wanted = [t for t, n in zip(leaves, (needs_x, needs_gamma, needs_beta)) if t is not None and n]
-        grads = iter(torch.autograd.grad(normalized, wanted, grad * weight) if wanted else ())
-        grad_x = next(grads) if needs_x else None
-        grad_gamma = next(grads) if needs_gamma and gamma is not None else None
-        grad_beta = next(grads) if needs_beta and beta is not None else None
+        scale = gamma if gamma is not None else x.new_ones(x.shape[1])
+        want_xhat_sums = needs_w or (needs_gamma and gamma is not None)
+        want_sums = (needs_w and beta is not None) or (needs_beta and beta is not None)
+        grad_in, sum_g_xhat, sum_g = torch.ops.aten.native_batch_norm_backward(
+            grad, x, scale, mean, var, save_mean, save_invstd, ctx.batch_stats, ctx.eps,
+            [bool(needs_x), bool(want_xhat_sums), bool(want_sums)])
+        w = weight.to(grad.dtype)
+        grad_x = grad_in * w if needs_x else None
+        grad_gamma = (sum_g_xhat * w).to(gamma.dtype) if needs_gamma and gamma is not None else None
+        grad_beta = (sum_g * w).to(beta.dtype) if needs_beta and beta is not None else None
         grad_w = None
         if needs_w:
-            grad_w = (normalized.detach() * grad).sum().reshape(weight.shape).to(weight.dtype)
+            total = sum_g_xhat.sum() if gamma is None else (sum_g_xhat * gamma).sum()
+            if beta is not None:
+                total = total + (sum_g * beta).sum()
+            grad_w = total.reshape(weight.shape).to(weight.dtype)
         return grad_x, grad_w, grad_gamma, grad_beta, None, None, None, None, None
 
 

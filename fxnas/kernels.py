@@ -1174,3 +1174,48 @@ def separate_cost(candidates: Sequence[LinearCandidate]) -> int:
     depthwise 5x5 (C·25) merge into a dense 5x5 (C²·25), which is not worth it.
     """
     return sum(c.macs_per_output() + c.out_channels for c in candidates)
+
+
+def cheapest_partition(
+    candidates: Sequence[LinearCandidate], normalize: bool = False, eps: float = 1e-5
+) -> tuple[tuple[int, ...], ...]:
+    """Split mergeable candidates into groups, each merged into one operator, at least cost.
+
+    One merged kernel must cover every candidate's taps: a depthwise 5x5 with
+    dilation 2 (extent 9) beside a dense depthwise 3x3 needs a 9x9 kernel, 81
+    taps where the two apart have 34. Starting from every candidate alone,
+    the two groups whose union saves the most (``merge_cost`` of the union
+    against the groups apart, ``separate_cost``'s per-candidate weighting
+    included) are merged, until no union saves anything. Returns the groups
+    as sorted index tuples, in order of their first member.
+    """
+    groups: list[tuple[int, ...]] = [(m,) for m in range(len(candidates))]
+
+    def cost(group: tuple[int, ...]) -> Optional[int]:
+        members = [candidates[m] for m in group]
+        if len(members) == 1:
+            return separate_cost(members)
+        try:
+            plan = plan_merge(members, normalize=normalize, eps=eps)
+        except ValueError:
+            return None
+        return merge_cost(plan) + plan.out_channels
+
+    costs = {g: cost(g) for g in groups}
+    while True:
+        best, best_saving = None, 0
+        for i, a in enumerate(groups):
+            for b in groups[i + 1:]:
+                union = tuple(sorted(a + b))
+                if union not in costs:
+                    costs[union] = cost(union)
+                if costs[union] is None:
+                    continue
+                saving = costs[a] + costs[b] - costs[union]
+                if saving > best_saving or (best is None and saving == 0 and best_saving == 0):
+                    best, best_saving = (a, b, union), saving
+        if best is None:
+            break
+        a, b, union = best
+        groups = [g for g in groups if g not in (a, b)] + [union]
+    return tuple(sorted(groups, key=lambda g: g[0]))

@@ -25,6 +25,7 @@ from fxnas.kernels import (
     LinearCandidate,
     as_weight_vector,
     add_avg_pool_border_correction,
+    cheapest_partition,
     diagonal_sum,
     merge_biases,
     merge_kernels,
@@ -96,6 +97,43 @@ def candidate_from_module(
     raise ValueError(f"{type(module).__name__} is not a mergeable linear candidate")
 
 
+def grouped_conv2d_cpu(x, weight, bias, stride, padding, dilation, groups: int) -> torch.Tensor:
+    """``F.conv2d`` for grouped (depthwise) kernels on CPU, with a faster backward.
+
+    The forward is ``F.conv2d`` itself. The backward is the same
+    ``convolution_backward`` computed on channels-last copies of the input
+    and the incoming gradient: oneDNN's depthwise kernel-gradient is several
+    times slower on NCHW tensors (5.3 ms against 1.3 ms for a 5x5 over
+    16x16x32x32 on one core). The copies are made in backward, so autograd
+    saves nothing more than the convolution would.
+    """
+    return _GroupedConv2dCPU.apply(x, weight, bias, tuple(stride), tuple(padding), tuple(dilation), groups)
+
+
+class _GroupedConv2dCPU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding, dilation, groups):  # type: ignore[override]
+        ctx.geometry = (stride, padding, dilation, groups)
+        ctx.has_bias = bias is not None
+        ctx.save_for_backward(x, weight)
+        return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):  # type: ignore[override]
+        x, weight = ctx.saved_tensors
+        stride, padding, dilation, groups = ctx.geometry
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        channels_last = torch.channels_last
+        grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
+            grad.contiguous(memory_format=channels_last), x.contiguous(memory_format=channels_last), weight,
+            [weight.shape[0]] if ctx.has_bias else None, list(stride), list(padding), list(dilation), False,
+            [0, 0], groups, [bool(need_x), bool(need_w), bool(need_b and ctx.has_bias)])
+        if grad_x is not None:
+            grad_x = grad_x.contiguous()
+        return grad_x, grad_w, grad_b, None, None, None, None
+
+
 class MergedConv(nn.Module):
     """``Σ_m w_m · ℓ_m(x)`` over linear candidates, computed as one conv / linear.
 
@@ -121,10 +159,23 @@ class MergedConv(nn.Module):
         candidates: Sequence[LinearCandidate],
         normalize_kernels: bool = False,
         eps: float = 1e-5,
+        split: bool = True,
     ) -> None:
         super().__init__()
         self.plan = plan_merge(candidates, normalize=normalize_kernels, eps=eps)
         self.register_buffer("merge_index", self.plan.index.clone(), persistent=False)
+        # Where one common kernel costs more than running subsets apart (a 5x5 with dilation 2
+        # beside a dense 3x3 would need a 9x9), the sum runs as a few merged convolutions.
+        self.part_indices: Optional[tuple[tuple[int, ...], ...]] = None
+        self.parts: Optional[nn.ModuleList] = None
+        if split:
+            partition = cheapest_partition(list(candidates), normalize_kernels, eps)
+            if len(partition) > 1:
+                self.part_indices = partition
+                self.parts = nn.ModuleList(
+                    MergedConv([candidates[m] for m in part], normalize_kernels, eps, split=False)
+                    for part in partition
+                )
 
     def normalized(self, drop_bias: bool, eps: float = 1e-5) -> "MergedConv":
         """This merge with kernels normalised per output channel (and, optionally, no biases).
@@ -133,12 +184,13 @@ class MergedConv(nn.Module):
         value normalisation changes); otherwise plans again.
         """
         candidates = [dataclasses.replace(c, has_bias=False) if drop_bias else c for c in self.plan.candidates]
-        if any(v is not None for v in self.plan.constant_values):
+        if self.parts is not None or any(v is not None for v in self.plan.constant_values):
             return MergedConv(candidates, normalize_kernels=True, eps=eps)
         result = MergedConv.__new__(MergedConv)
         nn.Module.__init__(result)
         result.plan = dataclasses.replace(self.plan, candidates=tuple(candidates), normalize=True, eps=eps)
         result.register_buffer("merge_index", self.merge_index, persistent=False)
+        result.part_indices, result.parts = None, None
         return result
 
     @property
@@ -158,6 +210,13 @@ class MergedConv(nn.Module):
     ) -> torch.Tensor:
         plan = self.plan
         weights = as_weight_vector(weights, len(plan.candidates))
+        if self.parts is not None:
+            total = None
+            for indices, part in zip(self.part_indices, self.parts):
+                out = part(x, weights[list(indices)], [kernels[m] for m in indices],
+                           None if biases is None else [biases[m] for m in indices])
+                total = out if total is None else total + out
+            return total
         terms = plan.diagonal_terms
         if terms is not None and x.dim() == plan.spatial_dims + 2:
             # Only identities and pools: no kernel to learn, so no kernel gradient to pay for.
@@ -178,7 +237,10 @@ class MergedConv(nn.Module):
         if unbatched:
             x = x.unsqueeze(0)
         conv = _CONV_FUNCTIONS[plan.spatial_dims]
-        out = conv(x, kernel, bias, plan.stride, plan.padding, plan.dilation, plan.groups)
+        if plan.groups > 1 and plan.spatial_dims == 2 and x.device.type == "cpu":
+            out = grouped_conv2d_cpu(x, kernel, bias, plan.stride, plan.padding, plan.dilation, plan.groups)
+        else:
+            out = conv(x, kernel, bias, plan.stride, plan.padding, plan.dilation, plan.groups)
         for fix in plan.border_corrections:
             # The conv computed the include-pad pool; this adds the exclude-pad
             # difference on the border strips only.
@@ -186,9 +248,15 @@ class MergedConv(nn.Module):
             out = add_avg_pool_border_correction(out, x, fix.kernel_size, fix.stride, fix.padding, scale)
         return out.squeeze(0) if unbatched else out
 
+    def describe_geometry(self) -> str:
+        """The convolution(s) that run: one merged geometry, or ``a + b`` when split by cost."""
+        if self.parts is None:
+            return self.plan.describe()
+        return " + ".join(part.plan.describe() for part in self.parts)
+
     def extra_repr(self) -> str:
         kinds = ", ".join(c.describe() for c in self.plan.candidates)
-        text = f"candidates=[{kinds}], merged={self.plan.describe()}"
+        text = f"candidates=[{kinds}], merged={self.describe_geometry()}"
         if self.plan.normalize:
             text += f", normalize_kernels=True, eps={self.plan.eps:g}"
         return text
@@ -364,7 +432,7 @@ class MergedCandidates(nn.Module):
 
     def describe(self) -> str:
         kind = "Floated" if self.floated else "Merged"
-        geometry = self.merged.plan.describe().replace(" stride 1x1", "").replace(" pad 1x1", "")
+        geometry = self.merged.describe_geometry().replace(" stride 1x1", "").replace(" pad 1x1", "")
         return f"{kind}({len(self.has_source)} -> {geometry})"
 
 

@@ -233,3 +233,75 @@ def test_forward_argument_errors():
         merged(x, torch.ones(2, dtype=DT), [kernel, None], [None, None])
     with pytest.raises(ValueError, match="weights"):
         merged(x, torch.ones(3, dtype=DT), [kernel, None], [bias, None])
+
+
+# --------------------------------------------------------------------- cost-based split, fast paths
+
+
+def test_expensive_union_is_split_into_cheaper_merges():
+    """A dilation-2 5x5 depthwise beside 3x3/5x5 depthwise would need a 9x9 kernel: it runs apart."""
+    from fxnas.kernels import cheapest_partition
+
+    modules = [conv(2, 3, 1, groups=C, bias=False), conv(2, 5, 2, groups=C, bias=False),
+               conv(2, 3, 2, dilation=2, groups=C, bias=False), conv(2, 5, 4, dilation=2, groups=C, bias=False)]
+    candidates = [candidate_from_module(m, C, 2) for m in modules]
+    # 3x3 + 5x5 as one dense 5x5, the two dilated ones as one 5x5 with dilation 2: 50 taps, not 81
+    assert cheapest_partition(candidates) == ((0, 1), (2, 3))
+    merged = check_against_direct_sum(modules, torch.randn(2, C, 11, 9, dtype=DT), 2)
+    assert merged.part_indices == ((0, 1), (2, 3))
+    assert merged.describe_geometry() == ("conv2d 5x5 pad 2x2 stride 1x1 groups 4 + "
+                                          "conv2d 5x5 dil 2x2 pad 4x4 stride 1x1 groups 4")
+    # the merged kernel of all four stays available for inspection
+    assert tuple(merged.plan.kernel_size) == (9, 9)
+
+
+def test_cheap_union_stays_one_convolution():
+    from fxnas.kernels import cheapest_partition
+
+    candidates = [candidate_from_module(m, C, 2) for m in (conv(2, 1, 0), conv(2, 3, 1), nn.Identity())]
+    assert cheapest_partition(candidates) == ((0, 1, 2),)
+    assert MergedConv(candidates).parts is None
+
+
+@pytest.mark.parametrize("groups, stride, bias", [(C, 1, False), (C, 2, True), (2, 1, True)])
+def test_grouped_conv2d_cpu_matches_conv2d(groups, stride, bias):
+    from fxnas.modules import grouped_conv2d_cpu
+
+    x = torch.randn(3, C, 9, 8, requires_grad=True)
+    w = torch.randn(C, C // groups, 5, 5, requires_grad=True)
+    b = torch.randn(C, requires_grad=True) if bias else None
+    args = (stride, 2, 1, groups)
+    expected = nn.functional.conv2d(x, w, b, *args)
+    actual = grouped_conv2d_cpu(x, w, b, (stride, stride), (2, 2), (1, 1), groups)
+    assert torch.equal(actual, expected)  # the forward is conv2d itself
+    upstream = torch.randn_like(expected)
+    inputs = [x, w] + ([b] if bias else [])
+    for got, want in zip(torch.autograd.grad(actual, inputs, upstream),
+                         torch.autograd.grad(expected, inputs, upstream)):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("spatial_dims, size", [(1, (13,)), (2, (9, 7)), (3, (5, 6, 7))])
+def test_identity_and_pools_run_as_a_direct_sum(spatial_dims, size):
+    """Only identity / pools: no kernel is built; values and gradients still equal the direct sum."""
+    modules = [nn.Identity(), pool(spatial_dims, 3, 1, 1, False), pool(spatial_dims, 5, 1, 2, True)]
+    if spatial_dims > 1:  # AvgPool1d has no divisor_override
+        modules.append(pool(spatial_dims, 3, 1, 1, True, divisor_override=2))
+    merged = check_against_direct_sum(modules, torch.randn((2, C) + size, dtype=DT), spatial_dims)
+    assert merged.plan.diagonal_terms is not None
+
+
+def test_strided_pools_run_as_a_direct_sum():
+    modules = [pool(2, 3, 2, 1, False), pool(2, 3, 2, 1, True)]
+    check_against_direct_sum(modules, torch.randn(2, C, 9, 10, dtype=DT), 2)
+
+
+def test_diagonal_sum_gradcheck():
+    from fxnas.kernels import DiagonalTerm, diagonal_sum
+
+    x = torch.randn(2, 3, 6, 5, dtype=DT, requires_grad=True)
+    w = torch.randn(3, dtype=DT, requires_grad=True)
+    exclude = DiagonalTerm("box_over_count", 1.0, (3, 3), (1, 1), (1, 1))
+    include = DiagonalTerm("box", 1 / 9, (3, 3), (1, 1), (1, 1))
+    terms = (DiagonalTerm("identity", 1.0), exclude, include)
+    assert torch.autograd.gradcheck(lambda x, w: diagonal_sum(x, w, terms), (x, w))

@@ -55,7 +55,13 @@ class _Member:
 
 def _members_by_input(edge: MixedEdge, gm: fx.GraphModule) -> dict[fx.Node, list[_Member]]:
     node = edge.output
-    calls = module_call_counts(gm)
+    calls: dict[int, int] = {}
+
+    def called_elsewhere(module) -> bool:
+        if not calls:  # counted only when a candidate with state asks (a graph walk per edge)
+            calls.update(module_call_counts(gm))
+        return calls.get(id(module), 0) > 1
+
     candidates, weights = node.args
     names = node.meta.get("fxnas_candidate_modules") or [None] * len(candidates)
     groups: dict[fx.Node, list[_Member]] = {}
@@ -71,7 +77,7 @@ def _members_by_input(edge: MixedEdge, gm: fx.GraphModule) -> dict[fx.Node, list
             continue
         if view.source is not None and is_stateful_module(view.source) and (
             candidates.count(candidate) > 1
-            or any(calls.get(id(m), 0) > 1 for m in [view.source.bn] if isinstance(view.source, FoldedConvBN))
+            or (isinstance(view.source, FoldedConvBN) and called_elsewhere(view.source.bn))
         ):
             # a stateful module called elsewhere too (or one node weighted twice in this sum):
             # running it inside the merge would repeat or reorder its statistics updates

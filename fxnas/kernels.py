@@ -552,8 +552,10 @@ def valid_count_map(
     both pools sum the same window and differ only in the divisor. Cached per
     geometry, device and dtype (treat the result as read-only).
     """
-    return _valid_count_map(tuple(spatial), tuple(kernel_size), tuple(stride), tuple(padding),
-                            torch.device(device), dtype)
+    key = (tuple(spatial), tuple(kernel_size), tuple(stride), tuple(padding), torch.device(device), dtype)
+    if torch.compiler.is_compiling():  # the compiler constant-folds it; no cache lookup in the graph
+        return _valid_count_map.__wrapped__(*key)
+    return _valid_count_map(*key)
 
 
 @dataclass(frozen=True)
@@ -615,6 +617,8 @@ def diagonal_sum(x: torch.Tensor, weights: torch.Tensor, terms: Sequence[Diagona
         ∂L/∂w_m = <g, ℓ_m(x)>,   ∂L/∂x = Σ_m w_m · ℓ_mᵀ(g),
         ℓᵀ(g) = value·g (identity) or box_sumᵀ(g · scale) (pools).
     """
+    if torch.compiler.is_compiling():  # plain differentiable ops: the compiler plans the backward itself
+        return sum(term(x) * weights[m] for m, term in enumerate(terms))
     return _DiagonalSum.apply(x, weights, tuple(terms))
 
 
@@ -896,7 +900,7 @@ class MergePlan:
     def has_bias(self) -> bool:
         return any(c.has_bias for c in self.candidates)
 
-    @functools.cached_property
+    @property
     def diagonal_terms(self) -> Optional[tuple[DiagonalTerm, ...]]:
         """The candidates as :class:`DiagonalTerm` when every one is an identity or a pool, else None."""
         if self.spatial_dims == 0 or any(v is None for v in self.constant_values):

@@ -107,6 +107,8 @@ def grouped_conv2d_cpu(x, weight, bias, stride, padding, dilation, groups: int) 
     16x16x32x32 on one core). The copies are made in backward, so autograd
     saves nothing more than the convolution would.
     """
+    if torch.compiler.is_compiling():  # the compiler plans its own backward
+        return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
     return _GroupedConv2dCPU.apply(x, weight, bias, tuple(stride), tuple(padding), tuple(dilation), groups)
 
 
@@ -164,6 +166,7 @@ class MergedConv(nn.Module):
         super().__init__()
         self.plan = plan_merge(candidates, normalize=normalize_kernels, eps=eps)
         self.register_buffer("merge_index", self.plan.index.clone(), persistent=False)
+        self.diagonal_terms = self.plan.diagonal_terms  # only identities / pools: see forward
         # Where one common kernel costs more than running subsets apart (a 5x5 with dilation 2
         # beside a dense 3x3 would need a 9x9), the sum runs as a few merged convolutions.
         self.part_indices: Optional[tuple[tuple[int, ...], ...]] = None
@@ -191,6 +194,7 @@ class MergedConv(nn.Module):
         result.plan = dataclasses.replace(self.plan, candidates=tuple(candidates), normalize=True, eps=eps)
         result.register_buffer("merge_index", self.merge_index, persistent=False)
         result.part_indices, result.parts = None, None
+        result.diagonal_terms = result.plan.diagonal_terms
         return result
 
     @property
@@ -217,7 +221,7 @@ class MergedConv(nn.Module):
                            None if biases is None else [biases[m] for m in indices])
                 total = out if total is None else total + out
             return total
-        terms = plan.diagonal_terms
+        terms = self.diagonal_terms
         if terms is not None and x.dim() == plan.spatial_dims + 2:
             # Only identities and pools: no kernel to learn, so no kernel gradient to pay for.
             dtype = torch.promote_types(x.dtype, weights.dtype)
@@ -443,12 +447,14 @@ def weighted_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor, we
     running-statistics update, following ``_BatchNorm.forward`` step by step),
     then the product with ``weight``, bit for bit. What changes is what
     autograd keeps: the product ``w · bn(x)`` saves ``bn(x)`` for the gradient
-    of ``w``; here only ``x`` (which batch norm saves anyway) is kept, and
-    ``bn(x)`` is recomputed in backward::
+    of ``w``; here only ``x`` (which batch norm saves anyway) and the
+    per-channel statistics are kept, and one batch-norm backward gives::
 
-        ∂L/∂w = ⟨bn(x), g⟩,   ∂L/∂x = bn'(x)ᵀ (w·g)
+        ∂L/∂w = ⟨bn(x), g⟩ = Σ_c (γ_c·Σ g·x̂ + β_c·Σ g),   ∂L/∂x = w · bn'(x)ᵀ g
 
-    so a candidate ending in a BatchNorm saves one activation less. (Bitwise
+    so a candidate ending in a BatchNorm saves one activation less. Under
+    ``torch.compile`` it is the plain ``bn(x) * w``: the compiler plans the
+    backward itself. (Bitwise
     equal values matter: a feature map with zero variance sits on a ReLU kink,
     where any reordering of the arithmetic flips a gradient.)
     """
@@ -459,6 +465,13 @@ def weighted_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor, we
         factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
     use_batch_statistics = bn.training or (bn.running_mean is None and bn.running_var is None)
     track = not bn.training or bn.track_running_stats
+    running_mean = bn.running_mean if track else None
+    running_var = bn.running_var if track else None
+    if torch.compiler.is_compiling():
+        # Under torch.compile the plain product: the compiler decides what to save and recompute.
+        normalized = F.batch_norm(x, running_mean, running_var, bn.weight, bn.bias, use_batch_statistics, factor,
+                                  bn.eps)
+        return normalized * weight
     return _WeightedBatchNorm.apply(
         x, weight, bn.weight, bn.bias,
         bn.running_mean if track else None, bn.running_var if track else None,

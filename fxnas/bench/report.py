@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import textwrap
+
 import math
 from typing import Any, Dict, List, Optional
 
@@ -450,7 +452,7 @@ def plot_scaling(results: Dict[str, Any], path: str) -> bool:
             ax.set_xticks(xs)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
-    fig.suptitle(scaling.get("description", ""), fontsize=8)
+    fig.suptitle(textwrap.fill(scaling.get("description", ""), 110), fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

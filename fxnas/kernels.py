@@ -611,10 +611,10 @@ def diagonal_sum(x: torch.Tensor, weights: torch.Tensor, terms: Sequence[Diagona
     ``Σ_m w_m E(K_m)`` (plus border corrections), computed without the
     kernel: the gradient of ``w_m`` is ``<grad, ℓ_m(x)>`` instead of a
     depthwise *kernel* gradient, which is the slow part of that convolution
-    on CPU. Autograd saves only ``x``; backward recomputes the window sums
-    it needs:
+    on CPU. Autograd saves only ``x``; backward needs one adjoint window sum
+    per pool and no recomputation:
 
-        ∂L/∂w_m = <g, ℓ_m(x)>,   ∂L/∂x = Σ_m w_m · ℓ_mᵀ(g),
+        ∂L/∂x = Σ_m w_m · ℓ_mᵀ(g),   ∂L/∂w_m = <g, ℓ_m(x)> = <ℓ_mᵀ(g), x>,
         ℓᵀ(g) = value·g (identity) or box_sumᵀ(g · scale) (pools).
     """
     if torch.compiler.is_compiling():  # plain differentiable ops: the compiler plans the backward itself
@@ -654,13 +654,12 @@ class _DiagonalSum(torch.autograd.Function):
                     grad_w.append(_dot(grad, x) * term.value)
                 part = grad * (weights[m] * term.value) if need_x else None
             else:
+                # <g·s, box(x)> = <boxᵀ(g·s), x>: the adjoint needed for ∂L/∂x also gives ∂L/∂w_m.
                 scaled = grad * term.output_scale(x, grad.dtype)
+                part = box_sum_transpose(scaled, x.shape, term.kernel_size, term.stride, term.padding)
                 if need_w:
-                    grad_w.append(_dot(scaled, term.window_sum(x)))
-                part = None
-                if need_x:
-                    part = box_sum_transpose(scaled, x.shape, term.kernel_size, term.stride, term.padding)
-                    part.mul_(weights[m])
+                    grad_w.append(_dot(part, x))
+                part = part.mul_(weights[m]) if need_x else None
             if part is not None:
                 grad_x = part if grad_x is None else grad_x.add_(part)
         if need_w:

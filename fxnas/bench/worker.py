@@ -215,16 +215,22 @@ def _compare_compiled(source, compiled, batch: Batch) -> Dict[str, Any]:
 # --------------------------------------------------------------------------- #
 
 
-def task_measure(task: Dict[str, Any], progress: Progress) -> None:
-    import fxnas  # noqa: F401
-    from fxnas.measure import interleaved_times
-
+def _start(task: Dict[str, Any], progress: Progress):
+    """Threads, imports, the original supernet and the benchmark batch: (device, config, name, original, batch)."""
     device = _setup(task)
     config, name = _config(task), task["supernet"]
     _warm_imports()
     progress.save(phase="build", environment=environment(device))
     original = build_model(name, config).to(device)
     batch = make_batch(config.batch, config.resolution, config.num_classes, device, config.seed)
+    return device, config, name, original, batch
+
+
+def task_measure(task: Dict[str, Any], progress: Progress) -> None:
+    import fxnas  # noqa: F401
+    from fxnas.measure import interleaved_times
+
+    device, config, name, original, batch = _start(task, progress)
     example = (batch.x[:2],)
     records = {v: empty_variant() for v in ("original", "exact", "topo", "floor")}
     modules: Dict[str, torch.nn.Module] = {"original": original}
@@ -308,12 +314,7 @@ def task_compile(task: Dict[str, Any], progress: Progress) -> None:
 
     # Random ops (Gumbel noise) as in eager mode, so compiled and eager outputs can be compared.
     inductor_config.fallback_random = True
-    device = _setup(task)
-    config, name = _config(task), task["supernet"]
-    _warm_imports()
-    progress.save(phase="build", environment=environment(device))
-    original = build_model(name, config).to(device)
-    batch = make_batch(config.batch, config.resolution, config.num_classes, device, config.seed)
+    device, config, name, original, batch = _start(task, progress)
     topo, simplify_s, _ = _simplify(original, (batch.x[:2],), "topo")
     source = original if task["source"] == "original" else topo
     record = empty_variant()

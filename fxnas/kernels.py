@@ -31,7 +31,8 @@ from typing import Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 
-_CONVS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+#: ``F.conv1d`` / ``conv2d`` / ``conv3d`` by number of spatial dims
+CONV_FUNCTIONS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 IntOrTuple = Union[int, Sequence[int]]
 
@@ -334,19 +335,15 @@ class _PoolAxis:
         return torch.clamp(start + self.kernel, max=self.length) - torch.clamp(start, min=0)
 
 
-def _box_sum(x: torch.Tensor, kernel_size: Sequence[int], stride: Sequence[int]) -> torch.Tensor:
-    """Window sums (sum pooling, no padding) of a (N, C, *spatial) tensor, 1d to 3d."""
-    n = x.dim() - 2
-    if n == 1:  # avg_pool1d has no divisor_override: go through 2d
-        summed = F.avg_pool2d(
-            x.unsqueeze(2), (1, kernel_size[0]), (1, stride[0]), divisor_override=1
-        )
-        return summed.squeeze(2)
-    if n == 2:
-        return F.avg_pool2d(x, tuple(kernel_size), tuple(stride), divisor_override=1)
-    if n == 3:
-        return F.avg_pool3d(x, tuple(kernel_size), tuple(stride), divisor_override=1)
-    raise ValueError(f"average pooling supports 1 to 3 spatial dims, got {n}")
+def _window_counts(axes: Sequence[_PoolAxis], ranges: Sequence[tuple[int, int]], device: torch.device) -> torch.Tensor:
+    """Non-padding inputs in the window of every output of the box ``ranges`` (integral, broadcast per dim)."""
+    counts = None
+    for d, (axis, (a, b)) in enumerate(zip(axes, ranges)):
+        shape = [1] * len(axes)
+        shape[d] = b - a
+        per_dim = axis.valid_counts(a, b, device).reshape(shape)
+        counts = per_dim if counts is None else counts * per_dim
+    return counts
 
 
 def _region_correction(
@@ -367,14 +364,8 @@ def _region_correction(
         pads = [first - start, end - last] + pads  # F.pad: last dim first
     if any(pads):
         slab = F.pad(slab, pads)
-    sums = _box_sum(slab, [a.kernel for a in axes], [a.stride for a in axes])
-
-    counts = None  # product of per-dim valid counts, kept integral until the division
-    for d, (axis, (a, b)) in enumerate(zip(axes, ranges)):
-        shape = [1] * len(axes)
-        shape[d] = b - a
-        per_dim = axis.valid_counts(a, b, x.device).reshape(shape)
-        counts = per_dim if counts is None else counts * per_dim
+    sums = box_sum(slab, [a.kernel for a in axes], [a.stride for a in axes], [0] * len(axes))
+    counts = _window_counts(axes, ranges, x.device)
     full = math.prod(a.kernel for a in axes)
     return sums / counts.to(sums.dtype) - sums / full
 
@@ -516,7 +507,7 @@ def box_sum(x: torch.Tensor, kernel_size: Sequence[int], stride: Sequence[int], 
     it is several times faster than ``avg_pool`` forward and backward.
     """
     n = x.dim() - 2
-    return _CONVS[n](x, _ones_kernel(x, kernel_size), None, tuple(stride), tuple(padding), 1, x.shape[1])
+    return CONV_FUNCTIONS[n](x, _ones_kernel(x, kernel_size), None, tuple(stride), tuple(padding), 1, x.shape[1])
 
 
 def box_sum_transpose(
@@ -532,14 +523,8 @@ def box_sum_transpose(
 
 @functools.lru_cache(maxsize=128)
 def _valid_count_map(spatial, kernel_size, stride, padding, device, dtype) -> torch.Tensor:
-    counts = None
-    for d, (length, k, st, p) in enumerate(zip(spatial, kernel_size, stride, padding)):
-        axis = _PoolAxis.build(length, k, st, p)
-        shape = [1] * len(spatial)
-        shape[d] = axis.n_out
-        per_dim = axis.valid_counts(0, axis.n_out, device).reshape(shape)
-        counts = per_dim if counts is None else counts * per_dim
-    return counts.to(dtype)
+    axes = [_PoolAxis.build(*geometry) for geometry in zip(spatial, kernel_size, stride, padding)]
+    return _window_counts(axes, [(0, axis.n_out) for axis in axes], device).to(dtype)
 
 
 def valid_count_map(
@@ -1215,7 +1200,7 @@ def cheapest_partition(
                 if costs[union] is None:
                     continue
                 saving = costs[a] + costs[b] - costs[union]
-                if saving > best_saving or (best is None and saving == 0 and best_saving == 0):
+                if saving > best_saving or (best is None and saving == 0):  # ties merge, as in merge_linear
                     best, best_saving = (a, b, union), saving
         if best is None:
             break

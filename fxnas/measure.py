@@ -7,6 +7,7 @@ medians of interleaved runs measured in one process.
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from dataclasses import dataclass
@@ -87,15 +88,8 @@ def _conv_backward_flop(grad_out_shape, x_shape, w_shape, _bias, _stride, _paddi
     input channels, overcounting a depthwise convolution by its channel count.
     """
     spatial = (x_shape if transposed else grad_out_shape)[2:]
-    forward = 2 * x_shape[0] * _prod(spatial) * _prod(w_shape)
+    forward = 2 * x_shape[0] * math.prod(spatial) * math.prod(w_shape)
     return forward * (int(bool(output_mask[0])) + int(bool(output_mask[1])))
-
-
-def _prod(values) -> int:
-    result = 1
-    for v in values:
-        result *= int(v)
-    return result
 
 
 def flop_counter() -> "torch.utils.flop_counter.FlopCounterMode":

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fxnas.kernels import (
+    CONV_FUNCTIONS,
     fold_batchnorm,
     LinearCandidate,
     as_weight_vector,
@@ -42,7 +43,6 @@ __all__ = [
     "weighted_batch_norm",
 ]
 
-_CONV_FUNCTIONS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _CONV_TYPES = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}
 _POOL_TYPES = {nn.AvgPool1d: 1, nn.AvgPool2d: 2, nn.AvgPool3d: 3}
 
@@ -240,7 +240,7 @@ class MergedConv(nn.Module):
         unbatched = x.dim() == plan.spatial_dims + 1
         if unbatched:
             x = x.unsqueeze(0)
-        conv = _CONV_FUNCTIONS[plan.spatial_dims]
+        conv = CONV_FUNCTIONS[plan.spatial_dims]
         if plan.groups > 1 and plan.spatial_dims == 2 and x.device.type == "cpu":
             out = grouped_conv2d_cpu(x, kernel, bias, plan.stride, plan.padding, plan.dilation, plan.groups)
         else:
@@ -452,11 +452,11 @@ def weighted_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor, we
 
         ∂L/∂w = ⟨bn(x), g⟩ = Σ_c (γ_c·Σ g·x̂ + β_c·Σ g),   ∂L/∂x = w · bn'(x)ᵀ g
 
-    so a candidate ending in a BatchNorm saves one activation less. Under
-    ``torch.compile`` it is the plain ``bn(x) * w``: the compiler plans the
-    backward itself. (Bitwise
+    so a candidate ending in a BatchNorm saves one activation less. (Bitwise
     equal values matter: a feature map with zero variance sits on a ReLU kink,
-    where any reordering of the arithmetic flips a gradient.)
+    where any reordering of the arithmetic flips a gradient.) Under
+    ``torch.compile`` it is the plain ``bn(x) * w``: the compiler plans the
+    backward itself.
     """
     bn._check_input_dim(x)
     factor = 0.0 if bn.momentum is None else bn.momentum
@@ -473,9 +473,7 @@ def weighted_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor, we
                                   bn.eps)
         return normalized * weight
     return _WeightedBatchNorm.apply(
-        x, weight, bn.weight, bn.bias,
-        bn.running_mean if track else None, bn.running_var if track else None,
-        use_batch_statistics, factor, bn.eps,
+        x, weight, bn.weight, bn.bias, running_mean, running_var, use_batch_statistics, factor, bn.eps
     )
 
 

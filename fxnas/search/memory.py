@@ -13,12 +13,12 @@
 from __future__ import annotations
 
 import contextlib
-import resource
-import sys
 import weakref
 from typing import Dict, Iterable, Iterator, Optional, Set, Tuple
 
 import torch
+
+from fxnas.measure import peak_rss_bytes
 
 __all__ = ["SavedTensorMeter", "peak_rss_mb", "cuda_peak_mb"]
 
@@ -93,9 +93,8 @@ class SavedTensorMeter:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident set size of this process, in MiB."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 1024.0 if sys.platform != "darwin" else peak / MB  # Linux: KiB, macOS: bytes
+    """Peak resident set size of this process, in MiB (:func:`fxnas.measure.peak_rss_bytes`)."""
+    return peak_rss_bytes() / MB
 
 
 def cuda_peak_mb(device: torch.device) -> Optional[float]:
